@@ -1,0 +1,412 @@
+"""A line-by-line Python mirror of the algorithms in Sources/MDExportCore, checked against the goldens.
+
+There is no Swift toolchain on the machines this repo is developed on, so the Swift code cannot be
+compiled or run here. This script re-implements the same algorithms with the same structure and the
+same primitive operations (the `regex` module stands in for NSRegularExpression, float64 for Double)
+and compares them with the golden files the Swift tests use. It checks the algorithms; it does not
+check the Swift. Keep it in step with the Swift sources.
+
+    .venv/bin/python ios_demo/tools/swift_port_check.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import unicodedata
+from pathlib import Path
+
+import regex
+
+HERE = Path(__file__).resolve().parent
+RES = HERE.parent / "Tests" / "MDExportCoreTests" / "Resources"
+TOK = HERE.parents[1] / "src" / "md_export" / "default_model" / "tokenizer"
+
+
+# ---- ClipTokenizer.swift ----------------------------------------------------------------------
+
+def bytes_to_unicode():
+    bs = list(range(0x21, 0x7E + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+PATTERN = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+
+
+class ClipTokenizer:
+    def __init__(self, vocab, merges_text, bos, eos, pad, max_length=77):
+        self.vocab = vocab
+        self.ranks = {}
+        lines = merges_text.split("\n")
+        for line in lines:
+            if line.startswith("#version") or line.strip() == "":
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                continue
+            key = (parts[0], parts[1])
+            if key not in self.ranks:
+                self.ranks[key] = len(self.ranks)
+        self.bos, self.eos, self.pad, self.max_length = bos, eos, pad, max_length
+        self.byte_encoder = bytes_to_unicode()
+        self.unk = eos
+
+    @staticmethod
+    def normalize(text):
+        text = unicodedata.normalize("NFC", text)
+        out = []
+        in_ws = False
+        for ch in text:
+            if ch.isspace() or unicodedata.category(ch) == "Zs":  # Swift: scalar.properties.isWhitespace
+                if not in_ws:
+                    out.append(" ")
+                in_ws = True
+            else:
+                in_ws = False
+                out.append(ch.lower())  # Swift: scalar.properties.lowercaseMapping
+        return "".join(out)
+
+    def bpe(self, token):
+        if token in ("<|startoftext|>", "<|endoftext|>"):
+            return [token]
+        word = list(token[:-1]) + [token[-1] + "</w>"]
+        while len(word) > 1:
+            best = None
+            best_rank = None
+            for i in range(len(word) - 1):
+                r = self.ranks.get((word[i], word[i + 1]))
+                if r is not None and (best_rank is None or r < best_rank):
+                    best_rank, best = r, (word[i], word[i + 1])
+            if best is None:
+                break
+            merged = []
+            i = 0
+            while i < len(word):
+                if i < len(word) - 1 and word[i] == best[0] and word[i + 1] == best[1]:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        return word
+
+    def encode_unpadded(self, text):
+        text = self.normalize(text)
+        ids = []
+        for m in regex.finditer(PATTERN, text):
+            piece = m.group(0)
+            if piece in ("<|startoftext|>", "<|endoftext|>"):
+                ids.append(self.vocab[piece])
+                continue
+            encoded = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            for sub in self.bpe(encoded):
+                ids.append(self.vocab.get(sub, self.unk))
+        return ids
+
+    def encode(self, text):
+        ids = self.encode_unpadded(text)
+        ids = ids[: self.max_length - 2]
+        ids = [self.bos] + ids + [self.eos]
+        ids += [self.pad] * (self.max_length - len(ids))
+        return ids
+
+
+# ---- Random.swift (torch CPU generator) -------------------------------------------------------
+
+class MT19937:
+    def __init__(self, seed):
+        self.mt = [0] * 624
+        self.mt[0] = seed & 0xFFFFFFFF
+        for i in range(1, 624):
+            self.mt[i] = (1812433253 * (self.mt[i - 1] ^ (self.mt[i - 1] >> 30)) + i) & 0xFFFFFFFF
+        self.index = 624
+
+    def next_u32(self):
+        if self.index >= 624:
+            for i in range(624):
+                y = (self.mt[i] & 0x80000000) | (self.mt[(i + 1) % 624] & 0x7FFFFFFF)
+                v = self.mt[(i + 397) % 624] ^ (y >> 1)
+                if y & 1:
+                    v ^= 0x9908B0DF
+                self.mt[i] = v
+            self.index = 0
+        y = self.mt[self.index]
+        self.index += 1
+        y ^= y >> 11
+        y ^= (y << 7) & 0x9D2C5680
+        y ^= (y << 15) & 0xEFC60000
+        y ^= y >> 18
+        return y & 0xFFFFFFFF
+
+
+class TorchRandom:
+    def __init__(self, seed):
+        self.mt = MT19937(seed)
+
+    def uniform_float(self):
+        return (self.mt.next_u32() & ((1 << 24) - 1)) * (1.0 / (1 << 24))
+
+    @staticmethod
+    def fill16(data, start):
+        for j in range(8):
+            u1 = 1.0 - data[start + j]
+            u2 = data[start + j + 8]
+            radius = math.sqrt(-2.0 * math.log(u1))
+            theta = 2.0 * math.pi * u2
+            data[start + j] = radius * math.cos(theta)
+            data[start + j + 8] = radius * math.sin(theta)
+
+    def normal(self, count):
+        assert count >= 16
+        data = [self.uniform_float() for _ in range(count)]
+        i = 0
+        while i + 16 <= count:
+            self.fill16(data, i)
+            i += 16
+        if count % 16 != 0:
+            start = count - 16
+            for j in range(16):
+                data[start + j] = self.uniform_float()
+            self.fill16(data, start)
+        return data
+
+
+# ---- Schedulers.swift ---------------------------------------------------------------------------
+
+def linspace(start, stop, num):
+    if num == 1:
+        return [start]
+    step = (stop - start) / (num - 1)
+    out = [start + i * step for i in range(num)]
+    out[-1] = stop
+    return out
+
+
+def round_half_even(x):
+    return float(round(x))  # Python's round is half-to-even; Swift: x.rounded(.toNearestOrEven)
+
+
+def alphas_cumprod(cfg):
+    n = cfg.get("num_train_timesteps", 1000)
+    bs, be = cfg.get("beta_start", 0.0001), cfg.get("beta_end", 0.02)
+    sched = cfg.get("beta_schedule", "linear")
+    if cfg.get("trained_betas"):
+        betas = list(cfg["trained_betas"])
+    elif sched == "linear":
+        betas = linspace(bs, be, n)
+    elif sched == "scaled_linear":
+        betas = [v * v for v in linspace(math.sqrt(bs), math.sqrt(be), n)]
+    else:
+        raise ValueError(sched)
+    out, acc = [], 1.0
+    for b in betas:
+        acc *= 1.0 - b
+        out.append(acc)
+    return out
+
+
+def spaced_timesteps(spacing, n_train, steps, offset, integral):
+    if spacing == "linspace":
+        ts = linspace(0.0, float(n_train - 1), steps)[::-1]
+        return [round_half_even(t) for t in ts] if integral else ts
+    if spacing == "leading":
+        ratio = n_train // steps
+        return [float(i * ratio + offset) for i in range(steps)][::-1]
+    if spacing == "trailing":
+        ratio = n_train / steps
+        count = math.ceil((0.0 - n_train) / -ratio)
+        return [round_half_even(n_train - i * ratio) - 1.0 for i in range(count)]
+    raise ValueError(spacing)
+
+
+def interp(x, ys):
+    if x <= 0:
+        return ys[0]
+    if x >= len(ys) - 1:
+        return ys[-1]
+    lo = int(math.floor(x))
+    frac = x - lo
+    return ys[lo] + (ys[lo + 1] - ys[lo]) * frac
+
+
+def euler(cfg, steps):
+    ac = alphas_cumprod(cfg)
+    full = [math.sqrt((1 - a) / a) for a in ac]
+    ts = spaced_timesteps(cfg.get("timestep_spacing", "linspace"), cfg.get("num_train_timesteps", 1000), steps,
+                          cfg.get("steps_offset", 0), integral=False)
+    sig = [interp(t, full) for t in ts]
+    last = full[0] if cfg.get("final_sigmas_type", "zero") == "sigma_min" else 0.0
+    sig.append(last)
+    mx = max(sig)
+    init = mx if cfg.get("timestep_spacing", "linspace") in ("linspace", "trailing") else math.sqrt(mx * mx + 1)
+    return ts, sig, init
+
+
+def euler_step(cfg, sig, i, e, x):
+    s = sig[i]
+    pt = cfg.get("prediction_type", "epsilon")
+    out = []
+    for ev, xv in zip(e, x):
+        if pt == "epsilon":
+            x0 = xv - s * ev
+        elif pt == "v_prediction":
+            x0 = ev * (-s / math.sqrt(s * s + 1)) + xv / (s * s + 1)
+        else:
+            x0 = ev
+        d = (xv - x0) / s
+        out.append(xv + d * (sig[i + 1] - s))
+    return out
+
+
+def ddim(cfg, steps):
+    ts = spaced_timesteps(cfg.get("timestep_spacing", "leading"), cfg.get("num_train_timesteps", 1000), steps,
+                          cfg.get("steps_offset", 0), integral=True)
+    return ts
+
+
+def ddim_step(cfg, ac, steps, t, e, x):
+    n = cfg.get("num_train_timesteps", 1000)
+    final = 1.0 if cfg.get("set_alpha_to_one", True) else ac[0]
+    prev = int(t) - n // steps
+    a = ac[int(t)]
+    ap = ac[prev] if prev >= 0 else final
+    b = 1 - a
+    pt = cfg.get("prediction_type", "epsilon")
+    out = []
+    for ev, xv in zip(e, x):
+        if pt == "epsilon":
+            x0 = (xv - math.sqrt(b) * ev) / math.sqrt(a); eps = ev
+        elif pt == "v_prediction":
+            x0 = math.sqrt(a) * xv - math.sqrt(b) * ev; eps = math.sqrt(a) * ev + math.sqrt(b) * xv
+        else:
+            x0 = ev; eps = (xv - math.sqrt(a) * x0) / math.sqrt(b)
+        if cfg.get("clip_sample", True):
+            r = cfg.get("clip_sample_range", 1.0)
+            x0 = min(max(x0, -r), r)
+        out.append(math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps)
+    return out
+
+
+def lcm(cfg, steps):
+    n = cfg.get("num_train_timesteps", 1000)
+    orig = cfg.get("original_inference_steps", 50)
+    k = n // orig
+    origin = [float(i * k - 1) for i in range(1, orig + 1)][::-1]
+    idx = [int(math.floor(i * len(origin) / steps)) for i in range(steps)]
+    return [origin[i] for i in idx]
+
+
+def lcm_step(cfg, ac, ts, i, e, x):
+    t = int(ts[i])
+    prev = int(ts[i + 1]) if i + 1 < len(ts) else t
+    a = ac[t]
+    ap = ac[prev]
+    b = 1 - a
+    st = t * cfg.get("timestep_scaling", 10.0)
+    c_skip = 0.25 / (st * st + 0.25)
+    c_out = st / math.sqrt(st * st + 0.25)
+    den, prv = [], []
+    for ev, xv in zip(e, x):
+        x0 = (xv - math.sqrt(b) * ev) / math.sqrt(a)
+        d = c_out * x0 + c_skip * xv
+        den.append(d)
+        prv.append(d if i == len(ts) - 1 else math.sqrt(ap) * d)  # zero noise
+    return prv, den
+
+
+def guidance_embedding(w, dim):
+    w = (w - 1.0) * 1000.0
+    half = dim // 2
+    f = math.log(10000.0) / (half - 1)
+    freqs = [math.exp(-f * i) for i in range(half)]
+    out = [math.sin(w * fr) for fr in freqs] + [math.cos(w * fr) for fr in freqs]
+    if dim % 2 == 1:
+        out.append(0.0)
+    return out
+
+
+# ---- checks -----------------------------------------------------------------------------------
+
+def close(a, b, rtol, atol):
+    return all(abs(x - y) <= atol + rtol * abs(y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+def main():
+    failures = 0
+    g = json.loads((RES / "tokenizer_goldens.json").read_text())
+    vocab = json.loads((TOK / "vocab.json").read_text())
+    tok = ClipTokenizer(vocab, (TOK / "merges.txt").read_text(), g["bos_token_id"], g["eos_token_id"],
+                        g["pad_token_id"])
+    for c in g["cases"]:
+        got = tok.encode(c["prompt"])
+        if got != c["input_ids"]:
+            failures += 1
+            print("TOKENIZER MISMATCH", repr(c["prompt"]), got[:20], c["input_ids"][:20])
+    print(f"tokenizer: {len(g['cases'])} prompts")
+
+    s = json.loads((RES / "scheduler_goldens.json").read_text())
+    x, e = s["step_sample"], s["step_model_output"]
+    worst = 0.0
+    for c in s["cases"]:
+        cfg, n, cls = c["config"], c["steps"], c["config"]["_class_name"]
+        ac = alphas_cumprod(cfg)
+        if cls == "EulerDiscreteScheduler":
+            ts, sig, init = euler(cfg, n)
+            ok = close(ts, c["timesteps"], 1e-6, 1e-3) and close(sig, c["sigmas"], 2e-5, 1e-6) and \
+                close([init], [c["init_noise_sigma"]], 2e-5, 0)
+            for i in range(n):
+                scaled = [v / math.sqrt(sig[i] ** 2 + 1) for v in x]
+                ok &= close(scaled, c["scaled_model_input"][i], 2e-5, 1e-5)
+                ok &= close(euler_step(cfg, sig, i, e, x), c["prev_sample"][i], 2e-5, 2e-5)
+        elif cls == "DDIMScheduler":
+            ts = ddim(cfg, n)
+            ok = ts == c["timesteps"]
+            for i, t in enumerate(ts):
+                ok &= close(x, c["scaled_model_input"][i], 1e-6, 1e-7)
+                ok &= close(ddim_step(cfg, ac, n, t, e, x), c["prev_sample"][i], 2e-5, 2e-5)
+        else:
+            ts = lcm(cfg, n)
+            ok = ts == c["timesteps"]
+            for i in range(n):
+                prv, den = lcm_step(cfg, ac, ts, i, e, x)
+                ok &= close(prv, c["prev_sample"][i], 2e-5, 2e-5) and close(den, c["denoised"][i], 2e-5, 2e-5)
+        if not ok:
+            failures += 1
+            print("SCHEDULER MISMATCH", c["name"], n)
+    print(f"schedulers: {len(s['cases'])} cases")
+
+    nz = json.loads((RES / "noise_goldens.json").read_text())
+    for c in nz["cases"]:
+        r = TorchRandom(c["seed"])
+        v = r.normal(c["count"])
+        v2 = r.normal(c["count"])
+        ok = close(v[: len(c["head"])], c["head"], 1e-5, 1e-6) and close(v2[:16], c["second_draw_head"], 1e-5, 1e-6)
+        if c["tail"]:
+            ok &= close(v[-32:], c["tail"], 1e-5, 1e-6)
+        ok &= abs(sum(v) - c["sum"]) < 1e-3
+        if not ok:
+            failures += 1
+            print("NOISE MISMATCH", c["seed"], c["shape"], v[:4], c["head"][:4])
+    print(f"noise: {len(nz['cases'])} cases")
+
+    ge = json.loads((RES / "guidance_embedding_goldens.json").read_text())
+    for c in ge["cases"]:
+        if not close(guidance_embedding(c["guidance_scale"], c["embedding_dim"]), c["embedding"], 0, 2e-3):
+            failures += 1
+            print("GUIDANCE EMBEDDING MISMATCH", c["guidance_scale"], c["embedding_dim"])
+    print(f"guidance embedding: {len(ge['cases'])} cases")
+    print("OK" if failures == 0 else f"{failures} FAILURES")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
