@@ -203,6 +203,14 @@ class MilEvaluator:
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the program. ``inputs`` maps every model input name to an array (cast to the
         declared dtype). Returns {output name: array in the declared output dtype}."""
+        env = self.trace(inputs)
+        out = {}
+        for name, var in zip(self.output_names, self._out_vars):
+            out[name] = np.asarray(env[var]).astype(self.output_dtypes[name], copy=False)
+        return out
+
+    def trace(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the program and return every value by its MIL variable name (for bisecting)."""
         unknown = sorted(set(inputs) - set(self.input_names))
         missing = [n for n in self.input_names if n not in inputs]
         if unknown or missing:
@@ -219,10 +227,7 @@ class MilEvaluator:
             env[n] = np.ascontiguousarray(x.astype(self.input_dtypes[n], copy=False))
         for step in self._steps:
             self._run_step(step, env)
-        out = {}
-        for name, var in zip(self.output_names, self._out_vars):
-            out[name] = np.asarray(env[var]).astype(self.output_dtypes[name], copy=False)
-        return out
+        return env
 
     def __repr__(self):
         return f"MilEvaluator({str(self.path)!r}, inputs={self.input_names}, outputs={self.output_names}, ops={len(self.ops)})"

@@ -1,0 +1,98 @@
+"""Core ML: coremltools converts the captured program (after run_decompositions) to an ML program
+`.mlpackage`. On Linux, parity runs the saved package with md-export's MIL evaluator (milrun);
+on macOS, Core ML itself can run it too (`load(..., engine="coreml")`)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..capture import first_line, op_origin
+from ..components import ComponentPlan
+from ..errors import ConversionError, InputError
+from .base import LoweredModel, LowerOptions, Runner, package_version, require
+
+DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+_NP = {"float32": np.float32, "int32": np.int32, "float16": np.float16}
+
+
+class CoreMLBackend:
+    name = "coreml"
+    extension = ".mlpackage"
+    default_precision = "fp16"
+
+    def lower(self, component: ComponentPlan, ep: torch.export.ExportedProgram, out_dir: Path, options: LowerOptions) -> LoweredModel:
+        ct = require("coremltools", "coreml")
+        from .coreml_torch_ops import register_missing_torch_ops
+
+        register_missing_torch_ops()
+        if options.minimum_deployment_target not in DEPLOYMENT_TARGETS:
+            raise InputError(f"--minimum-deployment-target {options.minimum_deployment_target}: use one of {', '.join(DEPLOYMENT_TARGETS)}")
+        if options.compute_units not in COMPUTE_UNITS:
+            raise InputError(f"--compute-units {options.compute_units}: use one of {', '.join(COMPUTE_UNITS)}")
+        precision = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}.get(options.precision)
+        if precision is None:
+            raise InputError(f"coreml: precision '{options.precision}' is not one of fp16, fp32")
+        path = out_dir / f"{component.name}{self.extension}"
+        try:
+            decomposed = ep.run_decompositions({})
+            model = ct.convert(
+                decomposed,
+                convert_to="mlprogram",
+                minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
+                compute_precision=precision,
+                compute_units=getattr(ct.ComputeUnit, options.compute_units),
+                inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=_NP[s.dtype]) for s in component.inputs],
+                outputs=[ct.TensorType(name=s.name) for s in component.outputs],
+                skip_model_load=True,
+            )
+            model.save(str(path))
+        except Exception as e:
+            raise ConversionError(_explain(component.name, ep, e)) from e
+        return LoweredModel(component.name, path, options.precision)
+
+    def load(self, path: Path, entry: dict, engine: str = "milrun") -> Runner:
+        if engine == "coreml":
+            return _coreml_runner(path)
+        from ..milrun import MilEvaluator
+
+        evaluator = MilEvaluator(path)
+        return evaluator.predict
+
+    def versions(self) -> dict[str, str]:
+        return {d: package_version(d) for d in ("coremltools", "scikit-learn")}
+
+
+def can_run_natively() -> bool:
+    return sys.platform == "darwin"
+
+
+def _coreml_runner(path: Path) -> Runner:
+    ct = require("coremltools", "coreml")
+    model = ct.models.MLModel(str(path))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in model.predict(feeds).items()}
+
+    return run
+
+
+def _explain(component: str, ep, e: Exception) -> str:
+    """One line: the component, the op coremltools choked on and the module it came from."""
+    msg = first_line(e)
+    m = re.search(r"Unsupported fx node (\S+?),|Unsupported op[^:]*: (\S+)|op '?(\w+)'? (?:is )?not (?:implemented|supported)", msg)
+    if m:
+        op = next(g for g in m.groups() if g)
+        where = op_origin(ep, op)
+        return f"coreml: cannot convert component '{component}': op '{op}' is not supported by coremltools" + (
+            f" (from module {where})" if where else ""
+        ) + f" [{msg}]"
+    return f"coreml: cannot convert component '{component}': {msg}"
+
+
+BACKEND = CoreMLBackend()

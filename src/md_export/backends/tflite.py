@@ -1,0 +1,76 @@
+"""TFLite (LiteRT): litert-torch converts the captured program into one named signature per file;
+parity runs it with ai-edge-litert's interpreter (the kernels of Android's CPU path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..capture import first_line
+from ..components import ComponentPlan
+from ..errors import ConversionError
+from .base import LoweredModel, LowerOptions, Runner, package_version, require
+
+
+class _NamedIO(torch.nn.Module):
+    """Keyword inputs and a dict output, so the signature carries md-export's names."""
+
+
+    def __init__(self, inner: torch.nn.Module, input_names: list[str], output_names: list[str]):
+        super().__init__()
+        self.inner = inner
+        self.input_names = input_names
+        self.output_names = output_names
+
+    def forward(self, **inputs):
+        out = self.inner(*(inputs[n] for n in self.input_names))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return dict(zip(self.output_names, out))
+
+
+class TFLiteBackend:
+    name = "tflite"
+    extension = ".tflite"
+    default_precision = "fp32"
+
+    def lower(self, component: ComponentPlan, ep: torch.export.ExportedProgram, out_dir: Path, options: LowerOptions) -> LoweredModel:
+        litert_torch = require("litert_torch", "tflite")
+        path = out_dir / f"{component.name}{self.extension}"
+        names_in = [s.name for s in component.inputs]
+        names_out = [s.name for s in component.outputs]
+        kwargs = dict(zip(names_in, component.example_inputs()))
+        # litert-torch exports the module itself (it cannot take a lifted ExportedProgram back in):
+        # hand it the same wrapped module and the same example inputs the capture used.
+        module = _NamedIO(component.module, names_in, names_out).eval()
+        if options.precision != "fp32":
+            raise ConversionError(f"tflite: precision {options.precision} is not implemented yet; use --precision fp32")
+        try:
+            edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert()
+            edge.export(str(path))
+        except Exception as e:
+            raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
+        return LoweredModel(component.name, path, options.precision, signature=component.name)
+
+    def load(self, path: Path, entry: dict) -> Runner:
+        require("ai_edge_litert", "tflite")
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+        signature = entry.get("signature") or next(iter(interpreter.get_signature_list()))
+        runner = interpreter.get_signature_runner(signature)
+        in_details = runner.get_input_details()
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            cast = {k: np.ascontiguousarray(v, dtype=in_details[k]["dtype"]) for k, v in feeds.items()}
+            return {k: np.array(v) for k, v in runner(**cast).items()}
+
+        return run
+
+    def versions(self) -> dict[str, str]:
+        return {d: package_version(d) for d in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")}
+
+
+BACKEND = TFLiteBackend()

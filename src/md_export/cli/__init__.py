@@ -1,0 +1,1 @@
+"""The md-export command line: thin commands over library calls."""

@@ -1,0 +1,212 @@
+"""md-export's typer app. Each command is a few lines over library calls; errors become one line
+and an exit code (MD_EXPORT_DEBUG=1 shows the traceback)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError, MdExportError
+from .output import Output
+
+app = typer.Typer(
+    name="md-export",
+    help="Export diffusion checkpoints (UNet, CLIP text encoder, VAE) to Core ML, TFLite and ONNX, with parity checks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+# -- shared options -----------------------------------------------------------------------------
+
+CheckpointArg = typer.Argument(None, help="A diffusers pipeline folder; omit for the bundled tiny default model.", show_default=False)
+OutOpt = typer.Option(Path("out"), "-o", "--out", help="Output folder; each target goes to OUT/<target>/.")
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
+QuietOpt = typer.Option(False, "-q", "--quiet", help="No progress or tables.")
+
+
+def _export_command(target_default: Optional[str]):
+    """Build the body shared by `export`, `coreml`, `tflite` and `onnx`."""
+
+    def command(
+        checkpoint: Optional[Path] = CheckpointArg,
+        out: Path = OutOpt,
+        targets: str = typer.Option("coreml,tflite,onnx", "--targets", help="Comma-separated: coreml, tflite, onnx.", hidden=target_default is not None),
+        unet: Optional[Path] = typer.Option(None, "--unet", help="UNet folder (config.json + weights).", rich_help_panel="Components"),
+        text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="CLIP text encoder folder.", rich_help_panel="Components"),
+        vae: Optional[Path] = typer.Option(None, "--vae", help="AutoencoderKL folder.", rich_help_panel="Components"),
+        tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Folder with vocab.json and merges.txt.", rich_help_panel="Components"),
+        scheduler: Optional[Path] = typer.Option(None, "--scheduler", help="Folder with scheduler_config.json.", rich_help_panel="Components"),
+        height: Optional[int] = typer.Option(None, "--height", help="Image height; default from the UNet config.", rich_help_panel="Shapes"),
+        width: Optional[int] = typer.Option(None, "--width", help="Image width; default from the UNet config.", rich_help_panel="Shapes"),
+        unet_batch: Optional[int] = typer.Option(None, "--unet-batch", help="2 = classifier-free guidance in one call (default); 1 = guidance-free or distilled models.", rich_help_panel="Shapes"),
+        with_encoder: bool = typer.Option(False, "--with-encoder", help="Also export the VAE encoder (image-to-image).", rich_help_panel="Shapes"),
+        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 compute. Default: fp16 for Core ML, fp32 for TFLite and ONNX.", rich_help_panel="Lowering"),
+        minimum_deployment_target: str = typer.Option("iOS17", "--minimum-deployment-target", help="Core ML: iOS16, iOS17 or iOS18.", rich_help_panel="Lowering"),
+        compute_units: str = typer.Option("ALL", "--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE.", rich_help_panel="Lowering"),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Default steps recorded for apps.", rich_help_panel="Lowering"),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.ckpt pickles (unpickling runs code)."),
+        force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
+        no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
+        json_out: bool = JsonOpt,
+        quiet: bool = QuietOpt,
+    ):
+        from ..checkpoint import Checkpoint
+        from ..export import ExportOptions, export, parse_targets
+
+        output = Output(json_out, quiet)
+        chosen = (target_default,) if target_default else parse_targets(targets)
+        ckpt = Checkpoint.open(checkpoint, unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
+                               scheduler=scheduler, allow_pickle=allow_pickle)
+        if precision is not None and precision not in ("fp32", "fp16"):
+            raise InputError(f"--precision {precision}: use fp32 or fp16")
+        options = ExportOptions(
+            targets=chosen, out=out, height=height, width=width, unet_batch=unet_batch, with_encoder=with_encoder,
+            precision={t: precision for t in chosen} if precision else {},
+            minimum_deployment_target=minimum_deployment_target, compute_units=compute_units, force=force, steps=steps,
+            command=shlex.join(["md-export", *sys.argv[1:]]),
+        )
+        output.print(f"[bold]md-export[/] {ckpt.describe()} -> {', '.join(str(out / t) for t in chosen)}")
+        results = export(ckpt, options, output.progress())
+        summary = {"bundles": [{"target": r.target, "path": str(r.bundle), "models": {
+            n: {k: m[k] for k in ("file", "precision", "bytes", "sha256")} for n, m in r.manifest["models"].items()}} for r in results]}
+        exit_code = 0
+        if not no_check:
+            exit_code = _check_after_export([r.bundle for r in results], output, summary)
+        for r in results:
+            sizes = ", ".join(f"{n} {m['bytes'] / 1e6:.1f} MB" for n, m in r.manifest["models"].items())
+            output.print(f"[green]wrote[/] {r.bundle}  ({sizes})")
+        output.emit(summary)
+        raise typer.Exit(exit_code)
+
+    return command
+
+
+def _check_after_export(bundles, output: Output, summary: dict) -> int:
+    try:
+        from ..parity.check import check_bundles
+    except ImportError:
+        output.print("[yellow]parity check not available in this build; bundles are unchecked[/]")
+        summary["parity"] = {"status": "not-run"}
+        return 1
+    reports = check_bundles(bundles, progress=output.progress())
+    summary["parity"] = [r.summary() for r in reports]
+    for r in reports:
+        output.print(r.table())
+    return max((r.exit_code() for r in reports), default=0)
+
+
+EXAMPLES_EXPORT = """
+Examples:
+
+    md-export export                                   # the bundled tiny default model, all three formats
+    md-export export ./ckpt -o out/ --targets coreml,tflite,onnx
+    md-export export --unet u/ --text-encoder te/ --vae v/ --tokenizer tok/ -o out/
+"""
+
+app.command("export", help="Export to several targets at once (all three by default)." + EXAMPLES_EXPORT)(_export_command(None))
+app.command("coreml", help="Export a Core ML bundle (.mlpackage, ML program, fp16 compute by default).\n\n    md-export coreml ./ckpt -o out/ --minimum-deployment-target iOS17")(_export_command("coreml"))
+app.command("tflite", help="Export a TFLite (LiteRT) bundle, one named signature per model.\n\n    md-export tflite ./ckpt -o out/")(_export_command("tflite"))
+app.command("onnx", help="Export an ONNX bundle (dynamo exporter; external data over 2 GB).\n\n    md-export onnx ./ckpt -o out/")(_export_command("onnx"))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: Optional[Path] = typer.Argument(None, help="A checkpoint folder, a bundle, or a folder of bundles; omit for the default model."),
+    height: Optional[int] = typer.Option(None, "--height"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    unet_batch: Optional[int] = typer.Option(None, "--unet-batch"),
+    json_out: bool = JsonOpt,
+):
+    """Show what a checkpoint holds and what would be exported, or what a bundle holds.
+
+        md-export inspect ./ckpt
+        md-export inspect out/coreml
+    """
+    from ..checkpoint import Checkpoint
+    from ..inspect import inspect_bundles, inspect_checkpoint, is_bundle_path
+    from .render import render_bundle, render_checkpoint
+
+    output = Output(json_out)
+    if path is not None and is_bundle_path(path):
+        data = inspect_bundles(path)
+        for b in data:
+            render_bundle(output, b)
+        output.emit(data)
+    else:
+        data = inspect_checkpoint(Checkpoint.open(path), height=height, width=width, unet_batch=unet_batch)
+        render_checkpoint(output, data)
+        output.emit(data)
+
+
+@app.command("env")
+def env_cmd(json_out: bool = JsonOpt):
+    """Versions of torch, coremltools, litert-torch, onnxruntime and friends, and known-bad combinations."""
+    from ..environment import report
+    from .render import render_env
+
+    output = Output(json_out)
+    data = report()
+    render_env(output, data)
+    output.emit(data)
+    raise typer.Exit(1 if any(f["level"] == "error" for f in data["findings"]) else 0)
+
+
+def _quiet_third_party() -> None:
+    """Keep torch/torchao/TF start-up chatter off the user's terminal (MD_EXPORT_DEBUG=1 keeps it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' pass-by-pass bars; md-export shows its own progress
+    for name in ("torch", "torch.utils._pytree", "torchao", "coremltools", "absl", "root", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("MD_EXPORT_DEBUG", "") not in ("", "0")
+    if not debug:
+        _quiet_third_party()
+    import click
+
+    try:
+        app(args=argv, prog_name="md-export", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("md-export: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except MdExportError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"md-export: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("md-export: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an unexpected library failure: still one line, traceback on demand
+        if debug:
+            traceback.print_exc()
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"md-export: internal error: {type(e).__name__}: {detail} (set MD_EXPORT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 4
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,138 @@
+"""The export spine: load the checkpoint's components once, capture each once, lower that capture
+for every requested target, and write one bundle per target."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .backends.base import LowerOptions, get_backend, package_version
+from .bundle import SCHEMA_VERSION, atomic_folder, path_bytes, path_sha256, utc_now, write_json
+from .capture import capture
+from .checkpoint import Checkpoint
+from .components import COMPONENT_ORDER, ExportPlan, attach_modules, count_parameters, make_plan
+from .errors import InputError
+from .progress import Progress
+
+ALL_TARGETS = ("coreml", "tflite", "onnx")
+
+
+@dataclass
+class ExportOptions:
+    targets: tuple[str, ...] = ALL_TARGETS
+    out: Path = Path("out")
+    height: int | None = None
+    width: int | None = None
+    unet_batch: int | None = None
+    with_encoder: bool = False
+    precision: dict[str, str] = field(default_factory=dict)  # target -> fp32 | fp16; default per backend
+    minimum_deployment_target: str = "iOS17"
+    compute_units: str = "ALL"
+    force: bool = False
+    steps: int | None = None
+    scheduler: str | None = None
+    command: str = ""
+
+
+@dataclass
+class ExportResult:
+    target: str
+    bundle: Path
+    manifest: dict
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in targets if t not in ALL_TARGETS]
+    if bad or not targets:
+        raise InputError(f"--targets {text!r}: use a comma-separated list of {', '.join(ALL_TARGETS)}")
+    return tuple(dict.fromkeys(targets))
+
+
+def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None = None) -> list[ExportResult]:
+    progress = progress or Progress()
+    backends = {t: get_backend(t) for t in options.targets}
+    for t in options.targets:  # refuse before any heavy work
+        if (options.out / t).exists() and not options.force:
+            raise InputError(f"{options.out / t}: already exists; pass --force to replace it")
+    plan = make_plan(ckpt, height=options.height, width=options.width, unet_batch=options.unet_batch, with_encoder=options.with_encoder)
+    with progress.stage("components", "load"):
+        attach_modules(plan, ckpt)
+    captures = {}
+    for name in _ordered(plan):
+        with progress.stage(name, "capture"):
+            captures[name] = capture(plan.components[name])
+    sources = {"path": ckpt.describe(), "kind": ckpt.kind, "weights_sha256": ckpt.weights_sha256()}
+    results = []
+    for target, backend in backends.items():
+        precision = options.precision.get(target, backend.default_precision)
+        lower_opts = LowerOptions(precision, options.minimum_deployment_target, options.compute_units)
+        with atomic_folder(options.out / target, options.force) as tmp:
+            models = {}
+            for name in _ordered(plan):
+                comp = plan.components[name]
+                with progress.stage(name, "lower", target):
+                    lowered = backend.lower(comp, captures[name], tmp, lower_opts)
+                with progress.stage(name, "hash", target):
+                    models[name] = {
+                        "file": lowered.path.name,
+                        "format": target,
+                        **({"signature": lowered.signature} if lowered.signature else {}),
+                        "inputs": [s.to_json() for s in comp.inputs],
+                        "outputs": [s.to_json() for s in comp.outputs],
+                        "precision": lowered.precision,
+                        "compression": lowered.compression,
+                        "parameters": count_parameters(comp.module),
+                        "sha256": path_sha256(lowered.path),
+                        "bytes": path_bytes(lowered.path),
+                        **({"notes": lowered.notes} if lowered.notes else {}),
+                    }
+            _copy_tokenizer(ckpt, tmp)
+            write_json(tmp / "scheduler.json", ckpt.scheduler_config)
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "target": target,
+                "created": utc_now(),
+                "md_export_version": __version__,
+                "versions": _versions(backend),
+                "command": options.command,
+                "options": {
+                    "height": plan.height,
+                    "width": plan.width,
+                    "unet_batch": plan.unet_batch,
+                    "with_encoder": plan.with_encoder,
+                    "precision": precision,
+                    **({"minimum_deployment_target": options.minimum_deployment_target, "compute_units": options.compute_units} if target == "coreml" else {}),
+                },
+                "source": sources,
+                "pipeline": plan.pipeline_json(ckpt, options.steps, options.scheduler),
+                "models": models,
+                "parity": {"status": "not-run"},
+            }
+            write_json(tmp / "manifest.json", manifest)
+        results.append(ExportResult(target, options.out / target, manifest))
+    return results
+
+
+def _ordered(plan: ExportPlan) -> list[str]:
+    return [n for n in COMPONENT_ORDER if n in plan.components]
+
+
+def _copy_tokenizer(ckpt: Checkpoint, bundle: Path) -> None:
+    dest = bundle / "tokenizer"
+    dest.mkdir()
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        src = ckpt.tokenizer_dir / name
+        if src.is_file():
+            shutil.copyfile(src, dest / name)
+
+
+def _versions(backend) -> dict[str, str | None]:
+    import sys
+
+    base = {"python": sys.version.split()[0], "md-export": __version__}
+    base.update({d: package_version(d) for d in ("torch", "numpy", "diffusers", "transformers")})
+    base.update(backend.versions())
+    return base
