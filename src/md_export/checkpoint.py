@@ -184,6 +184,12 @@ class Checkpoint:
             for name, d in (("unet", self.unet_dir), ("text_encoder", self.text_encoder_dir), ("vae", self.vae_dir))
         }
 
+    def component_dirs(self) -> dict[str, Path]:
+        dirs = {"unet": self.unet_dir, "text_encoder": self.text_encoder_dir, "vae": self.vae_dir, "tokenizer": self.tokenizer_dir}
+        if self.scheduler_dir is not None:
+            dirs["scheduler"] = self.scheduler_dir
+        return dirs
+
     def describe(self) -> str:
         return str(self.source) if self.source is not None else "component folders"
 

@@ -64,7 +64,12 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     for name in _ordered(plan):
         with progress.stage(name, "capture"):
             captures[name] = capture(plan.components[name])
-    sources = {"path": ckpt.describe(), "kind": ckpt.kind, "weights_sha256": ckpt.weights_sha256()}
+    sources = {
+        "path": ckpt.describe(),
+        "kind": ckpt.kind,
+        "components": {k: str(v) for k, v in ckpt.component_dirs().items()},
+        "weights_sha256": ckpt.weights_sha256(),
+    }
     results = []
     for target, backend in backends.items():
         precision = options.precision.get(target, backend.default_precision)

@@ -161,6 +161,84 @@ def env_cmd(json_out: bool = JsonOpt):
     raise typer.Exit(1 if any(f["level"] == "error" for f in data["findings"]) else 0)
 
 
+@app.command("check")
+def check_cmd(
+    paths: list[Path] = typer.Argument(..., help="Bundles, or folders of bundles (out/ checks out/coreml, out/tflite, out/onnx)."),
+    samples: int = typer.Option(2, "--samples", help="Seeded inputs per model."),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Reference checkpoint, if not where the manifest says."),
+    threshold: list[str] = typer.Option([], "--threshold", help="PSNR floor override, MODEL=DB (text_encoder, unet, vae_decoder, end_to_end, all)."),
+    allow_skip: bool = typer.Option(False, "--allow-skip", help="A check that could not run (runtime missing) does not fail the run."),
+    no_e2e: bool = typer.Option(False, "--no-e2e", help="Skip the end-to-end image comparison."),
+    e2e_steps: int = typer.Option(4, "--e2e-steps", help="Denoising steps for the end-to-end comparison."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the reports as JSON to this file ('-' for stdout)."),
+    quiet: bool = QuietOpt,
+):
+    """Run every saved model in its own runtime (TFLite interpreter, onnxruntime, Core ML evaluator)
+    against the fp32 PyTorch reference, then the whole text-to-image loop against diffusers.
+
+    Exit 0: every check meets its floor; 1: any falls short or could not run; 2: bad input.
+
+        md-export check out/
+        md-export check out/coreml --samples 4 --seed 0 --json report.json
+    """
+    from ..parity.check import check_bundles
+    from ..parity.thresholds import parse_overrides
+
+    output = Output(json_path == "-", quiet)
+    reports = check_bundles(paths, progress=output.progress(), samples=samples, seed=seed, checkpoint=checkpoint,
+                            thresholds=parse_overrides(threshold), allow_skip=allow_skip, end_to_end=not no_e2e,
+                            e2e_steps=e2e_steps)
+    for r in reports:
+        output.print(r.table())
+    data = [r.to_json() for r in reports]
+    if json_path and json_path != "-":
+        Path(json_path).write_text(__import__("json").dumps(data, indent=2) + "\n", encoding="utf-8")
+    output.emit(data)
+    raise typer.Exit(max(r.exit_code() for r in reports))
+
+
+@app.command("generate")
+def generate_cmd(
+    bundle: Path = typer.Argument(..., help="An exported bundle (out/tflite, out/onnx or out/coreml)."),
+    prompt: str = typer.Option(..., "--prompt", "-p"),
+    negative_prompt: str = typer.Option("", "--negative-prompt"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Default: the manifest's default_steps."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale"),
+    seed: int = typer.Option(0, "--seed"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, euler, dpmpp-2m or lcm; default from the manifest."),
+    out: Path = typer.Option(Path("image.png"), "-o", "--out", help="PNG to write."),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+):
+    """Make an image from a bundle, running its models in their runtime, as the apps do.
+
+        md-export generate out/tflite --prompt "a red fox in snow" --steps 8 --seed 0 -o fox.png
+    """
+    import time
+
+    from ..backends.base import get_backend
+    from ..bundle import read_manifest
+    from ..checkpoint import read_json
+    from ..pipeline.image import save_png
+    from ..pipeline.loop import generate
+    from ..pipeline.tokenizer import ClipTokenizer
+
+    output = Output(json_out, quiet)
+    manifest = read_manifest(bundle)
+    backend = get_backend(manifest["target"])
+    models = {name: backend.load(bundle / e["file"], e) for name, e in manifest["models"].items()}
+    tokenizer = ClipTokenizer.from_folder(bundle / "tokenizer", pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
+    t0 = time.perf_counter()
+    with output.progress().stage("pipeline", f"generate ({steps or manifest['pipeline']['default_steps']} steps)", manifest["target"]):
+        image = generate(models, manifest["pipeline"], tokenizer, read_json(bundle / "scheduler.json"), prompt,
+                         negative_prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
+    save_png(out, image)
+    seconds = time.perf_counter() - t0
+    output.print(f"[green]wrote[/] {out} ({image.shape[-1]}x{image.shape[-2]}, {seconds:.1f} s)")
+    output.emit({"image": str(out), "seconds": seconds, "bundle": str(bundle), "prompt": prompt, "seed": seed})
+
+
 def _quiet_third_party() -> None:
     """Keep torch/torchao/TF start-up chatter off the user's terminal (MD_EXPORT_DEBUG=1 keeps it)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -229,6 +229,14 @@ class MilEvaluator:
             self._run_step(step, env)
         return env
 
+    def constant(self, name: str) -> np.ndarray:
+        """A constant of the program by its MIL variable name; ``constexpr_*`` outputs are
+        returned decompressed (as materialised at load)."""
+        try:
+            return self._consts[name]
+        except KeyError:
+            raise KeyError(f"no constant named '{name}' in {self.path}") from None
+
     def __repr__(self):
         return f"MilEvaluator({str(self.path)!r}, inputs={self.input_names}, outputs={self.output_names}, ops={len(self.ops)})"
 

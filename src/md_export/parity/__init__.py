@@ -1,0 +1,1 @@
+"""Parity: run each saved artifact in its own runtime and compare it with the fp32 PyTorch reference."""
