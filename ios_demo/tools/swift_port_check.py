@@ -17,6 +17,8 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import re
+
 import regex
 
 HERE = Path(__file__).resolve().parent
@@ -301,7 +303,8 @@ def lcm(cfg, steps):
     orig = cfg.get("original_inference_steps", 50)
     k = n // orig
     origin = [float(i * k - 1) for i in range(1, orig + 1)][::-1]
-    idx = [int(math.floor(i * len(origin) / steps)) for i in range(steps)]
+    step = len(origin) / steps  # numpy linspace(0, len, steps, endpoint=False): i * (delta / div)
+    idx = [int(math.floor(i * step)) for i in range(steps)]
     return [origin[i] for i in idx]
 
 
@@ -332,6 +335,75 @@ def guidance_embedding(w, dim):
     if dim % 2 == 1:
         out.append(0.0)
     return out
+
+
+# ---- App/CoreMLModels.swift: MultiArrayConversion.halfBits / float(fromHalfBits:) ----------------
+
+def half_bits(value):
+    import struct
+    bits = struct.unpack("<I", struct.pack("<f", value))[0]
+    sign = (bits >> 16) & 0x8000
+    exponent = (bits >> 23) & 0xFF
+    mantissa = bits & 0x7FFFFF
+    if exponent == 0xFF:
+        return sign | 0x7C00 | (0x200 if mantissa else 0)
+    e = exponent - 127 + 15
+    if e >= 0x1F:
+        return sign | 0x7C00
+    if e <= 0:
+        if e < -10:
+            return sign
+        mantissa |= 0x800000
+        shift = 14 - e
+        half = mantissa >> shift
+        remainder = mantissa & ((1 << shift) - 1)
+        halfway = 1 << (shift - 1)
+        if remainder > halfway or (remainder == halfway and half & 1):
+            half += 1
+        return sign | half
+    half = (e << 10) | (mantissa >> 13)
+    remainder = mantissa & 0x1FFF
+    if remainder > 0x1000 or (remainder == 0x1000 and half & 1):
+        half += 1
+    return sign | half
+
+
+def float_from_half_bits(h):
+    import struct
+    sign = (h & 0x8000) << 16
+    exponent = (h >> 10) & 0x1F
+    mantissa = h & 0x3FF
+    if exponent == 0:
+        magnitude = mantissa / 16777216.0
+        return -magnitude if sign else magnitude
+    if exponent == 0x1F:
+        return struct.unpack("<f", struct.pack("<I", sign | 0x7F800000 | (mantissa << 13)))[0]
+    return struct.unpack("<f", struct.pack("<I", sign | ((exponent + 112) << 23) | (mantissa << 13)))[0]
+
+
+def check_half_conversion():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(20000).astype(np.float32) * s
+                             for s in [1e-8, 1e-6, 1e-5, 1e-3, 1, 100, 1e4, 7e4]])
+    values = np.concatenate([values, np.array([0, -0.0, 65504, 65519, 65520, 6e-8, 3e-8, np.inf, -np.inf],
+                                              dtype=np.float32)])
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+    bad = sum(1 for v, e in zip(values, expected) if half_bits(float(v)) != int(e))
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    bad += sum(1 for h in range(65536)
+               if not np.isnan(halves[h]) and float(halves[h]) != float_from_half_bits(h))
+    return bad
+
+
+def check_manifest_keys():
+    """Every CodingKeys raw value in Manifest.swift appears in the fixture manifest (catches key typos)."""
+    swift = (HERE.parent / "Sources" / "MDExportCore" / "Manifest.swift").read_text()
+    fixture = (RES / "fixture_manifest.json").read_text()
+    keys = set(re.findall(r'case \w+ = "([a-z0-9_]+)"', swift))
+    return sorted(k for k in keys if f'"{k}"' not in fixture)
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -404,6 +476,16 @@ def main():
             failures += 1
             print("GUIDANCE EMBEDDING MISMATCH", c["guidance_scale"], c["embedding_dim"])
     print(f"guidance embedding: {len(ge['cases'])} cases")
+    bad = check_half_conversion()
+    if bad:
+        failures += 1
+        print(f"FP16 CONVERSION: {bad} mismatches with numpy")
+    print("fp16 conversion: 160,009 floats and 65,536 halves")
+    missing = check_manifest_keys()
+    if missing:
+        failures += 1
+        print("MANIFEST KEYS not in the fixture:", missing)
+    print("manifest CodingKeys vs fixture_manifest.json")
     print("OK" if failures == 0 else f"{failures} FAILURES")
     return 1 if failures else 0
 
