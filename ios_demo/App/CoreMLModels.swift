@@ -158,10 +158,11 @@ enum MultiArrayConversion {
 
     static func tensor(from array: MLMultiArray) throws -> Tensor {
         let shape = array.shape.map { $0.intValue }
-        let strides = array.strides.map { $0.intValue }
         let dataType = array.dataType
         var scalars = [Float](repeating: 0, count: shape.reduce(1, *))
-        array.withUnsafeBytes { raw in
+        // withUnsafeMutableBytes (not withUnsafeBytes) because it reports the strides valid inside the
+        // closure, which Core ML documents may differ from `array.strides` for pixel-buffer-backed outputs.
+        array.withUnsafeMutableBytes { raw, strides in
             guard let base = raw.baseAddress else { return }
             forEachOffset(shape: shape, strides: strides) { index, offset in
                 switch dataType {

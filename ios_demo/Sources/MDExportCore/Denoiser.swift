@@ -64,6 +64,12 @@ public struct GenerationProgress: Equatable {
     public var step: Int
     public var totalSteps: Int
     public var timestep: Double
+
+    public init(step: Int, totalSteps: Int, timestep: Double) {
+        self.step = step
+        self.totalSteps = totalSteps
+        self.timestep = timestep
+    }
 }
 
 /// The text-to-image loop: tokenize, encode, denoise with the scheduler and guidance the manifest
