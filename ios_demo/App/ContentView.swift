@@ -4,6 +4,7 @@ import MDExportCore  // the local Swift package; without it, compile Sources/MDE
 import SwiftUI
 import UniformTypeIdentifiers
 
+@MainActor
 struct ContentView: View {
     @StateObject private var model = DemoModel()
     @State private var showFolderPicker = false
