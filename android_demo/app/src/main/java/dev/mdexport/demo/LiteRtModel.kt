@@ -153,7 +153,7 @@ class LiteRtModel private constructor(
             is BundleLocation.Directory -> Interpreter(File(location.dir, spec.file), opts)
             is BundleLocation.Assets -> {
                 val fd = try {
-                    (location.files as AssetBundleFiles).openFd(spec.file)
+                    location.files.openFd(spec.file)
                 } catch (e: java.io.IOException) {
                     throw BundleException(
                         "assets/${BundleLocator.ASSET_FOLDER}/${spec.file} cannot be memory-mapped (missing, compressed, or over 2 GB); " +

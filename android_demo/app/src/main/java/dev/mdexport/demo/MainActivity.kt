@@ -145,17 +145,16 @@ class MainActivity : Activity() {
         worker.execute {
             engine?.close()
             engine = null
-            val message: String
             var ok = false
-            try {
+            val message = try {
                 val e = Engine.load(this, useGpu)
                 engine = e
                 ok = true
-                message = describe(e)
+                describe(e)
             } catch (e: BundleException) {
-                message = "Cannot use the model bundle:\n${e.message}\n\n${whereToPut()}"
+                "Cannot use the model bundle:\n${e.message}\n\n${whereToPut()}"
             } catch (e: Throwable) {
-                message = "Cannot load the model bundle: ${e.javaClass.simpleName}: ${e.message}\n\n${whereToPut()}"
+                "Cannot load the model bundle: ${e.javaClass.simpleName}: ${e.message}\n\n${whereToPut()}"
             }
             runOnUiThread {
                 busy = false
