@@ -3,8 +3,9 @@ for every requested target, and write one bundle per target."""
 
 from __future__ import annotations
 
+import copy
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import __version__
@@ -12,9 +13,12 @@ from .backends.base import LowerOptions, get_backend, package_version
 from .bundle import SCHEMA_VERSION, atomic_folder, path_bytes, path_sha256, utc_now, write_json
 from .capture import capture
 from .checkpoint import Checkpoint
+from .compress import compress
 from .components import COMPONENT_ORDER, ExportPlan, attach_modules, count_parameters, make_plan
 from .errors import InputError
 from .progress import Progress
+from .rewrites import apply_rewrites
+from .rewrites import resolve as resolve_rewrites
 
 ALL_TARGETS = ("coreml", "tflite", "onnx")
 
@@ -33,6 +37,8 @@ class ExportOptions:
     force: bool = False
     steps: int | None = None
     scheduler: str | None = None
+    rewrites: dict[str, list[str]] = field(default_factory=dict)  # target -> names; absent = the target's defaults
+    quantize: dict[str, str] = field(default_factory=dict)  # "target" or "target:component" -> level
     command: str = ""
 
 
@@ -60,10 +66,7 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     plan = make_plan(ckpt, height=options.height, width=options.width, unet_batch=options.unet_batch, with_encoder=options.with_encoder)
     with progress.stage("components", "load"):
         attach_modules(plan, ckpt)
-    captures = {}
-    for name in _ordered(plan):
-        with progress.stage(name, "capture"):
-            captures[name] = capture(plan.components[name])
+    variants: dict[tuple[str, ...], tuple[dict, list[dict]]] = {}
     sources = {
         "path": ckpt.describe(),
         "kind": ckpt.kind,
@@ -74,12 +77,17 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     for target, backend in backends.items():
         precision = options.precision.get(target, backend.default_precision)
         lower_opts = LowerOptions(precision, options.minimum_deployment_target, options.compute_units)
+        rewrite_names = resolve_rewrites(target, options.rewrites.get(target))
+        components, rewrite_records = _variant(plan, rewrite_names, target, variants, progress)
         with atomic_folder(options.out / target, options.force) as tmp:
             models = {}
-            for name in _ordered(plan):
-                comp = plan.components[name]
+            for name, (comp, ep) in components.items():
                 with progress.stage(name, "lower", target):
-                    lowered = backend.lower(comp, captures[name], tmp, lower_opts)
+                    lowered = backend.lower(comp, ep, tmp, lower_opts)
+                level = options.quantize.get(f"{target}:{name}", options.quantize.get(target, "none"))
+                if level not in ("none", ""):
+                    with progress.stage(name, f"compress {level}", target):
+                        lowered = compress(target, lowered, comp, level, {"plan": plan, "checkpoint": ckpt, "options": options})
                 with progress.stage(name, "hash", target):
                     models[name] = {
                         "file": lowered.path.name,
@@ -113,12 +121,32 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                 },
                 "source": sources,
                 "pipeline": plan.pipeline_json(ckpt, options.steps, options.scheduler),
+                "rewrites": rewrite_records,
                 "models": models,
                 "parity": {"status": "not-run"},
             }
             write_json(tmp / "manifest.json", manifest)
         results.append(ExportResult(target, options.out / target, manifest))
     return results
+
+
+def _variant(plan: ExportPlan, names: list[str], target: str, cache: dict, progress: Progress):
+    """Components with a target's rewrites applied, each captured once. Targets asking for the
+    same rewrites share one capture; rewrites work on copies, never on the reference modules."""
+    key = tuple(names)
+    if key not in cache:
+        comps = {n: plan.components[n] for n in _ordered(plan)}
+        records: list[dict] = []
+        if names:
+            comps = {n: replace(c, module=copy.deepcopy(c.module)) for n, c in comps.items()}
+            with progress.stage("components", f"rewrite ({', '.join(names)})", target):
+                records = apply_rewrites({n: c.module for n, c in comps.items()}, names, target)
+        captured = {}
+        for n, c in comps.items():
+            with progress.stage(n, "capture", target if names else ""):
+                captured[n] = (c, capture(c))
+        cache[key] = (captured, records)
+    return cache[key]
 
 
 def _ordered(plan: ExportPlan) -> list[str]:

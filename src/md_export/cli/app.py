@@ -240,13 +240,20 @@ def generate_cmd(
 
 
 def _quiet_third_party() -> None:
-    """Keep torch/torchao/TF start-up chatter off the user's terminal (MD_EXPORT_DEBUG=1 keeps it)."""
+    """Keep torch/torchao/TF/coremltools start-up chatter off the user's terminal
+    (MD_EXPORT_DEBUG=1 keeps it). torch sets its loggers' levels when imported, so import first."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' pass-by-pass bars; md-export shows its own progress
-    for name in ("torch", "torch.utils._pytree", "torchao", "coremltools", "absl", "root", "onnxscript", "torch.onnx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    import torch  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict) + ["torch", "torchao", "coremltools", "absl", "transformers", "diffusers"]:
+        if name.split(".")[0] in ("torch", "torchao", "coremltools", "absl", "transformers", "diffusers", "onnxscript", "litert_torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,10 @@ def guidance_embedding(guidance_scale: float, dim: int, batch: int = 1) -> np.nd
     w = np.float32(guidance_scale - 1) * np.float32(1000.0)
     half = dim // 2
     scale = np.log(np.float32(10000.0)) / np.float32(half - 1) if half > 1 else np.float32(0.0)
-    freqs = np.exp(np.arange(half, dtype=np.float32) * -scale)
-    args = w * freqs
+    # float32 products as torch forms them; exp/sin/cos evaluated in float64 and rounded, which is
+    # what torch's float32 kernels return (numpy's float32 exp/sin are a few ulps off)
+    freqs = np.exp((np.arange(half, dtype=np.float32) * -scale).astype(np.float64)).astype(np.float32)
+    args = (w * freqs).astype(np.float64)
     emb = np.concatenate([np.sin(args), np.cos(args)]).astype(np.float32)
     if dim % 2:
         emb = np.concatenate([emb, np.zeros(1, np.float32)])
@@ -114,7 +116,12 @@ def generate(
     if isinstance(scheduler, Scheduler):
         sched = scheduler
     else:
-        sched = make_scheduler(scheduler or pipeline.get("scheduler", "euler"), scheduler_config)
+        # diffusers' StableDiffusionPipeline rewrites the scheduler config it is given: steps_offset
+        # becomes 1 and clip_sample becomes False (its "outdated config" fix-ups). The guided and
+        # unguided SD-family loops do the same so the same scheduler.json gives the same image; LCM's
+        # pipeline takes the config as it is.
+        fixups = {} if guidance == "embedded" else {"steps_offset": 1, "clip_sample": False}
+        sched = make_scheduler(scheduler or pipeline.get("scheduler", "euler"), scheduler_config, **fixups)
     sched.set_timesteps(steps)
     torch, gen = _torch_generator(seed)
     latents = torch.randn(shape, generator=gen, dtype=torch.float32).numpy()
