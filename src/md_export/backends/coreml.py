@@ -48,7 +48,7 @@ class CoreMLBackend:
                 compute_precision=precision,
                 compute_units=getattr(ct.ComputeUnit, options.compute_units),
                 inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=_NP[s.dtype]) for s in component.inputs],
-                outputs=[ct.TensorType(name=s.name) for s in component.outputs],
+                outputs=[ct.TensorType(name=s.name, dtype=_NP[s.dtype]) for s in component.outputs],
                 skip_model_load=True,
             )
             model.save(str(path))
