@@ -70,7 +70,8 @@ def utc_now() -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    # allow_nan=False: the apps parse strict JSON, so a NaN must never reach a manifest
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def read_manifest(bundle: Path) -> dict:

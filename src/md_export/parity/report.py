@@ -35,9 +35,9 @@ class Check:
 
 
 def _finite(v):
-    """JSON has no inf: write it as a string the reader can spot."""
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
+    """JSON has no inf or NaN: write them as strings a reader can spot."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return v
 
 

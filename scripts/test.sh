@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite: the pure-Kotlin core of the Android demo on the JVM, then pytest (fast suite;
+# pass -m slow for the slow one). pytest runs last so its summary is the closing line; any
+# failure, and pytest's "no tests collected" (exit 5), fails the run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash android_demo/core/run-jvm-tests.sh
+.venv/bin/python -m pytest "$@"
