@@ -18,6 +18,7 @@ from .components import COMPONENT_ORDER, ExportPlan, attach_modules, count_param
 from .errors import InputError
 from .progress import Progress
 from .rewrites import apply_rewrites
+from .rewrites import lowering_scope as rewrite_lowering_scope
 from .rewrites import resolve as resolve_rewrites
 
 ALL_TARGETS = ("coreml", "tflite", "onnx")
@@ -82,7 +83,7 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
         with atomic_folder(options.out / target, options.force) as tmp:
             models = {}
             for name, (comp, ep) in components.items():
-                with progress.stage(name, "lower", target):
+                with progress.stage(name, "lower", target), rewrite_lowering_scope(rewrite_names):
                     lowered = backend.lower(comp, ep, tmp, lower_opts)
                 level = options.quantize.get(f"{target}:{name}", options.quantize.get(target, "none"))
                 if level not in ("none", ""):
