@@ -54,6 +54,8 @@ def _export_command(target_default: Optional[str]):
         minimum_deployment_target: str = typer.Option("iOS17", "--minimum-deployment-target", help="Core ML: iOS16, iOS17 or iOS18.", rich_help_panel="Lowering"),
         compute_units: str = typer.Option("ALL", "--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE.", rich_help_panel="Lowering"),
         steps: Optional[int] = typer.Option(None, "--steps", help="Default steps recorded for apps.", rich_help_panel="Lowering"),
+        rewrite: list[str] = typer.Option([], "--rewrite", help="Add a rewrite (repeatable), e.g. attention=split-einsum, linear-to-conv, gpu-composites; see `md-export rewrites`.", rich_help_panel="Lowering"),
+        no_default_rewrites: bool = typer.Option(False, "--no-default-rewrites", help="Start from no rewrites instead of the target's defaults.", rich_help_panel="Lowering"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.ckpt pickles (unpickling runs code)."),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
@@ -74,6 +76,7 @@ def _export_command(target_default: Optional[str]):
             precision={t: precision for t in chosen} if precision else {},
             minimum_deployment_target=minimum_deployment_target, compute_units=compute_units, force=force, steps=steps,
             command=shlex.join(["md-export", *sys.argv[1:]]),
+            rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites),
         )
         output.print(f"[bold]md-export[/] {ckpt.describe()} -> {', '.join(str(out / t) for t in chosen)}")
         results = export(ckpt, options, output.progress())
@@ -89,6 +92,16 @@ def _export_command(target_default: Optional[str]):
         raise typer.Exit(exit_code)
 
     return command
+
+
+def _rewrites_per_target(targets, requested: list[str], no_defaults: bool) -> dict[str, list[str]]:
+    """--rewrite NAME goes to each chosen target it is for (an error if it is for none of them)."""
+    from ..rewrites import choose, get
+
+    for n in requested:
+        if not set(get(n).targets) & set(targets):
+            raise InputError(f"--rewrite {n}: it is for {', '.join(get(n).targets)}, not {', '.join(targets)}")
+    return {t: choose(t, [n for n in requested if t in get(n).targets], defaults=not no_defaults) for t in targets}
 
 
 def _check_after_export(bundles, output: Output, summary: dict) -> int:
@@ -117,6 +130,44 @@ app.command("export", help="Export to several targets at once (all three by defa
 app.command("coreml", help="Export a Core ML bundle (.mlpackage, ML program, fp16 compute by default).\n\n    md-export coreml ./ckpt -o out/ --minimum-deployment-target iOS17")(_export_command("coreml"))
 app.command("tflite", help="Export a TFLite (LiteRT) bundle, one named signature per model.\n\n    md-export tflite ./ckpt -o out/")(_export_command("tflite"))
 app.command("onnx", help="Export an ONNX bundle (dynamo exporter; external data over 2 GB).\n\n    md-export onnx ./ckpt -o out/")(_export_command("onnx"))
+
+
+@app.command("rewrites")
+def rewrites_cmd(target: Optional[str] = typer.Option(None, "--target", help="Only rewrites for coreml, tflite or onnx."), json_out: bool = JsonOpt):
+    """Every rewrite: targets, whether it keeps numerics, default for which target, what it matches.
+
+        md-export rewrites
+        md-export coreml ./ckpt --rewrite attention=split-einsum --rewrite linear-to-conv
+        md-export tflite ./ckpt --no-default-rewrites
+    """
+    from ..rewrites import listing
+    from ..rewrites.render import render_rewrites
+
+    output = Output(json_out)
+    data = [r for r in listing() if target is None or target in r["targets"]]
+    render_rewrites(output, data)
+    output.emit(data)
+
+
+@app.command("lint")
+def lint_cmd(
+    paths: list[Path] = typer.Argument(..., help="Bundles, or folders of bundles."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on any finding."),
+    json_out: bool = JsonOpt,
+):
+    """Per model: the op histogram and every op, dtype, rank or shape the accelerator path is known
+    to reject (TFLite: GPU delegate; Core ML: Neural Engine; ONNX: mobile execution providers).
+
+        md-export lint out/tflite
+        md-export lint out/coreml --strict --json
+    """
+    from ..lint import lint_paths, render_lint
+
+    output = Output(json_out)
+    data = lint_paths(paths)
+    render_lint(output, data)
+    output.emit(data)
+    raise typer.Exit(1 if strict and any(m["findings"] for b in data for m in b["models"].values()) else 0)
 
 
 @app.command("inspect")
