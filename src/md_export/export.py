@@ -13,7 +13,7 @@ from .backends.base import LowerOptions, get_backend, package_version
 from .bundle import SCHEMA_VERSION, atomic_folder, path_bytes, path_sha256, utc_now, write_json
 from .capture import capture
 from .checkpoint import Checkpoint
-from .compress import compress
+from .compress import compress, ideal_bytes
 from .components import COMPONENT_ORDER, ExportPlan, attach_modules, count_parameters, make_plan
 from .errors import InputError
 from .progress import Progress
@@ -101,6 +101,8 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                         "parameters": count_parameters(comp.module),
                         "sha256": path_sha256(lowered.path),
                         "bytes": path_bytes(lowered.path),
+                        "ideal_bytes": lowered.size.get("ideal_bytes") or ideal_bytes(comp.module, lowered.precision),
+                        **({"size": lowered.size} if lowered.size else {}),
                         **({"notes": lowered.notes} if lowered.notes else {}),
                     }
             _copy_tokenizer(ckpt, tmp)

@@ -38,6 +38,7 @@ class LoweredModel:
     compression: str = "none"
     signature: str | None = None
     notes: list[str] = field(default_factory=list)
+    size: dict = field(default_factory=dict)  # compression size report (md_export.compress)
 
 
 class Backend(Protocol):

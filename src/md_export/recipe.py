@@ -1,0 +1,379 @@
+"""Recipes: TOML files naming a family, a resolution, targets and, per target, the rewrites,
+compression, per-component overrides and parity floors. Loaded into frozen dataclasses and
+validated on load: a bad key is one line naming the file and the key.
+
+Rewrite names and compression levels are checked against their registries when an export
+starts (`validate_names`), not on load, so a recipe can name a level another part of
+md-export has not registered yet and fail clearly when used.
+
+    schema_version = 1
+    family = "mobilediffusion"
+    description = "..."
+    height = 512                     # optional; default: the family's resolution
+    width = 512
+    targets = ["coreml"]
+    steps = 8                        # optional pipeline facts recorded for apps
+    scheduler = "ddim"
+    unet_batch = 2
+    with_encoder = false
+
+    [coreml]
+    precision = "fp16"
+    rewrites = ["attention=split-einsum"]   # omit for the target's defaults; [] for none
+    compression = "palettize-6"
+    minimum_deployment_target = "iOS17"
+    compute_units = "ALL"
+    chunk_over_mb = 1000             # split the UNet when its package is larger (recorded; see notes)
+
+    [coreml.components.text_encoder] # per-component overrides
+    compression = "none"
+
+    [coreml.parity]                  # PSNR floors in dB (text_encoder, unet, vae_decoder, vae_encoder, end_to_end, all)
+    unet = 30.0
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import InputError, UnknownNameError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA_VERSION = 1
+TARGETS = ("coreml", "tflite", "onnx")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+PARITY_KEYS = COMPONENTS + ("end_to_end", "all")
+PRECISIONS = ("fp32", "fp16")
+SCHEDULERS = ("ddim", "euler", "dpmpp-2m", "lcm")
+
+
+def recipes_dir() -> Path:
+    """The repository's recipes/ folder (next to src/), when running from a checkout."""
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass(frozen=True)
+class ComponentRecipe:
+    compression: str | None = None
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    name: str
+    precision: str | None = None
+    rewrites: tuple[str, ...] | None = None
+    compression: str | None = None
+    components: Mapping[str, ComponentRecipe] = field(default_factory=lambda: MappingProxyType({}))
+    parity: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    minimum_deployment_target: str | None = None
+    compute_units: str | None = None
+    chunk_over_mb: int | None = None
+
+    def quantize(self) -> dict[str, str]:
+        """ExportOptions.quantize entries: "target" and "target:component" -> level."""
+        out = {}
+        if self.compression:
+            out[self.name] = self.compression
+        for comp, c in self.components.items():
+            if c.compression:
+                out[f"{self.name}:{comp}"] = c.compression
+        return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    schema_version: int
+    family: str
+    description: str = ""
+    height: int | None = None
+    width: int | None = None
+    targets: tuple[str, ...] = TARGETS
+    steps: int | None = None
+    scheduler: str | None = None
+    unet_batch: int | None = None
+    with_encoder: bool | None = None
+    target: Mapping[str, TargetRecipe] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "family": self.family,
+            "targets": list(self.targets),
+            "height": self.height,
+            "width": self.width,
+            "per_target": {
+                t: {"precision": r.precision, "rewrites": list(r.rewrites) if r.rewrites is not None else None,
+                    "compression": r.compression,
+                    "components": {c: {k: v for k, v in vars(x).items() if v is not None} for c, x in r.components.items()},
+                    "parity": dict(r.parity), "chunk_over_mb": r.chunk_over_mb}
+                for t, r in self.target.items()
+            },
+        }
+
+
+# -- loading and validation --------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one TOML table; every complaint names the file and the dotted key."""
+
+    def __init__(self, path: Path, table: dict, prefix: str = ""):
+        self.path, self.table, self.prefix = path, table, prefix
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.prefix}{k}"
+
+    def fail(self, k: str, msg: str):
+        raise InputError(f"{self.path}: key '{self.key(k)}': {msg}")
+
+    def get(self, k: str, kind, default=None, choices=None):
+        self.used.add(k)
+        if k not in self.table:
+            return default
+        v = self.table[k]
+        if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+            self.fail(k, f"expected an integer, found {v!r}")
+        if kind is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.fail(k, f"expected a number, found {v!r}")
+            v = float(v)
+        if kind is str and not isinstance(v, str):
+            self.fail(k, f"expected a string, found {v!r}")
+        if kind is bool and not isinstance(v, bool):
+            self.fail(k, f"expected true or false, found {v!r}")
+        if kind is list:
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                self.fail(k, f"expected a list of strings, found {v!r}")
+            v = tuple(v)
+        if kind is dict and not isinstance(v, dict):
+            self.fail(k, f"expected a table, found {v!r}")
+        if choices is not None:
+            for x in v if isinstance(v, tuple) else (v,):
+                if x not in choices:
+                    self.fail(k, f"{x!r} is not one of {', '.join(map(str, choices))}")
+        return v
+
+    def positive(self, k: str, multiple_of: int = 1):
+        v = self.get(k, int)
+        if v is not None and (v <= 0 or v % multiple_of):
+            self.fail(k, f"expected a positive integer{f' multiple of {multiple_of}' if multiple_of > 1 else ''}, found {v}")
+        return v
+
+    def finish(self, extra_known: tuple[str, ...] = ()):
+        unknown = [k for k in self.table if k not in self.used and k not in extra_known]
+        if unknown:
+            known = sorted(self.used | set(extra_known))
+            self.fail(unknown[0], f"unknown key (known here: {', '.join(known)})")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. A bare name ("sd15") means recipes/<name>.toml."""
+    p = Path(path)
+    if not p.exists() and p.suffix == "" and (recipes_dir() / f"{p.name}.toml").is_file():
+        p = recipes_dir() / f"{p.name}.toml"
+    if not p.is_file():
+        raise InputError(f"--recipe {path}: no such file")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: not valid TOML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot be read ({e})") from None
+    return parse_recipe(data, p)
+
+
+def parse_recipe(data: dict, path: Path) -> Recipe:
+    from .families import all_families
+
+    r = _Reader(path, data)
+    version = r.get("schema_version", int)
+    if version is None:
+        r.fail("schema_version", f"missing (this md-export reads schema_version = {SCHEMA_VERSION})")
+    if version != SCHEMA_VERSION:
+        r.fail("schema_version", f"{version} is not supported (this md-export reads {SCHEMA_VERSION})")
+    family = r.get("family", str)
+    if family is None:
+        r.fail("family", "missing (name a registered family; see `md-export families`)")
+    families = all_families()
+    if family not in families:
+        r.fail("family", str(UnknownNameError("family", family, families)))
+    fam = families[family]
+    step = 8 * 2 ** (len(fam.unet_config("full").get("down_block_types", ())) - 1)
+    targets = r.get("targets", list, default=TARGETS, choices=TARGETS)
+    if not targets:
+        r.fail("targets", "empty; name at least one of coreml, tflite, onnx")
+    per_target = {}
+    for t in TARGETS:
+        r.used.add(t)
+        if t in data:
+            if not isinstance(data[t], dict):
+                r.fail(t, f"expected a table [{t}], found {data[t]!r}")
+            per_target[t] = _parse_target(path, t, data[t])
+    recipe = Recipe(
+        path=path,
+        schema_version=version,
+        family=family,
+        description=r.get("description", str, default=""),
+        height=r.positive("height", step),
+        width=r.positive("width", step),
+        targets=tuple(dict.fromkeys(targets)),
+        steps=r.positive("steps"),
+        scheduler=r.get("scheduler", str, choices=SCHEDULERS),
+        unet_batch=r.get("unet_batch", int, choices=(1, 2)),
+        with_encoder=r.get("with_encoder", bool),
+        target=MappingProxyType(per_target),
+    )
+    r.finish()
+    return recipe
+
+
+def _parse_target(path: Path, name: str, table: dict) -> TargetRecipe:
+    r = _Reader(path, table, f"{name}.")
+    comps = {}
+    raw = r.get("components", dict, default={})
+    for comp, ctable in raw.items():
+        if comp not in COMPONENTS:
+            r.fail(f"components.{comp}", f"unknown component (use {', '.join(COMPONENTS)})")
+        if not isinstance(ctable, dict):
+            r.fail(f"components.{comp}", f"expected a table, found {ctable!r}")
+        cr = _Reader(path, ctable, f"{name}.components.{comp}.")
+        comps[comp] = ComponentRecipe(compression=cr.get("compression", str), precision=cr.get("precision", str, choices=PRECISIONS))
+        cr.finish()
+    floors = {}
+    ptable = r.get("parity", dict, default={})
+    pr = _Reader(path, ptable, f"{name}.parity.")
+    for k in ptable:
+        if k not in PARITY_KEYS:
+            pr.fail(k, f"unknown parity floor (use {', '.join(PARITY_KEYS)})")
+        floors[k] = pr.get(k, float)
+    out = TargetRecipe(
+        name=name,
+        precision=r.get("precision", str, choices=PRECISIONS),
+        rewrites=r.get("rewrites", list),
+        compression=r.get("compression", str),
+        components=MappingProxyType(comps),
+        parity=MappingProxyType(floors),
+        minimum_deployment_target=r.get("minimum_deployment_target", str, choices=("iOS16", "iOS17", "iOS18")) if name == "coreml" else None,
+        compute_units=r.get("compute_units", str, choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")) if name == "coreml" else None,
+        chunk_over_mb=r.positive("chunk_over_mb") if name == "coreml" else None,
+    )
+    r.finish()
+    return out
+
+
+# -- recipe + command line -> ExportOptions --------------------------------------------------------------
+
+
+def apply_recipe(recipe: Recipe, options, given: set[str] = frozenset(), targets_fixed: bool = False):
+    """ExportOptions with the recipe's values wherever the command line gave none (`given` holds the
+    names of options set on the command line; they always win)."""
+    targets = options.targets if (targets_fixed or "targets" in given) else recipe.targets
+    changes: dict[str, Any] = {"targets": tuple(targets), "recipe": str(recipe.path)}
+    for name in ("height", "width", "unet_batch", "steps", "scheduler"):
+        if name not in given and getattr(recipe, name) is not None:
+            changes[name] = getattr(recipe, name)
+    if "with_encoder" not in given and recipe.with_encoder is not None:
+        changes["with_encoder"] = recipe.with_encoder
+    precision = dict(options.precision)
+    rewrites = {k: list(v) for k, v in options.rewrites.items()}
+    quantize = dict(options.quantize)
+    thresholds = {k: dict(v) for k, v in getattr(options, "thresholds", {}).items()}
+    for t in targets:
+        tr = recipe.target.get(t)
+        if tr is None:
+            continue
+        if "precision" not in given and tr.precision:
+            precision[t] = tr.precision
+        if tr.rewrites is not None:
+            if not ({"rewrite", "no_default_rewrites"} & given):
+                rewrites[t] = list(tr.rewrites)
+            elif "rewrite" in given and "no_default_rewrites" not in given:
+                rewrites[t] = list(dict.fromkeys(list(tr.rewrites) + rewrites.get(t, [])))
+        for k, v in tr.quantize().items():
+            quantize.setdefault(k, v)
+        if tr.parity:
+            thresholds[t] = {**tr.parity, **thresholds.get(t, {})}
+        if t == "coreml":
+            if "minimum_deployment_target" not in given and tr.minimum_deployment_target:
+                changes["minimum_deployment_target"] = tr.minimum_deployment_target
+            if "compute_units" not in given and tr.compute_units:
+                changes["compute_units"] = tr.compute_units
+    changes.update(precision=precision, rewrites=rewrites, quantize=quantize, thresholds=thresholds)
+    return replace(options, **changes)
+
+
+def check_family(recipe: Recipe, ckpt) -> None:
+    """A recipe for one family must not be applied to a checkpoint of another topology."""
+    from .families import get_family
+
+    fam = get_family(recipe.family)
+    if ckpt.family_name and ckpt.family_name != recipe.family:
+        raise InputError(f"{recipe.path}: recipe is for family '{recipe.family}', but --family is '{ckpt.family_name}'")
+    if not fam.match(ckpt.unet_config, ckpt.text_encoder_config, ckpt.scheduler_config) and not _same_topology_as_any(fam, ckpt):
+        found = ckpt.family
+        raise InputError(
+            f"{recipe.path}: recipe is for family '{recipe.family}', but {ckpt.describe()} is "
+            f"{repr(found) if found else 'of no registered family'}; use that family's recipe"
+        )
+
+
+def _same_topology_as_any(fam, ckpt) -> bool:
+    from .families.base import _topology
+
+    t = _topology(ckpt.unet_config)
+    return t in (_topology(fam.unet_config("full")), _topology(fam.unet_config("tiny")))
+
+
+# -- at export time ----------------------------------------------------------------------------------------
+
+
+def with_family_defaults(ckpt, options):
+    """Fill what neither the command line nor a recipe set from the checkpoint's family: UNet batch
+    (guidance), default steps and scheduler."""
+    from .families import get_family
+
+    name = ckpt.family
+    if not name:
+        return options
+    fam = get_family(name)
+    changes = {}
+    if options.unet_batch is None and not ckpt.unet_config.get("time_cond_proj_dim"):
+        changes["unet_batch"] = fam.unet_batch()
+    if options.steps is None:
+        changes["steps"] = fam.default_steps
+    if options.scheduler is None:
+        changes["scheduler"] = fam.scheduler
+    return replace(options, **changes) if changes else options
+
+
+def validate_names(options) -> None:
+    """Every rewrite and compression level an export asks for is registered (checked before any
+    heavy work). The error names where the name came from."""
+    from .compress import LEVELS
+    from .rewrites import REGISTRY
+
+    where = f"recipe {options.recipe}: " if getattr(options, "recipe", None) else ""
+    for t in options.targets:
+        for n in options.rewrites.get(t) or []:
+            if n.split("=")[0] not in REGISTRY and n not in REGISTRY:
+                e = UnknownNameError("rewrite", n, REGISTRY)
+                raise InputError(f"{where}{t}: {e}") from None
+    for key, level in options.quantize.items():
+        t = key.split(":")[0]
+        if t not in options.targets or level in ("", "none", None):
+            continue
+        known = LEVELS.get(t, {})
+        if level not in known:
+            e = UnknownNameError(f"{t} compression level", level, known)
+            raise InputError(f"{where}{key}: {e}") from None
