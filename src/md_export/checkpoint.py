@@ -76,6 +76,9 @@ class Checkpoint:
     scheduler_dir: Path | None
     allow_pickle: bool = False
     _configs: dict = field(default_factory=dict, repr=False)
+    family_name: str | None = None  # --family, or recorded by `md-export init`; else detected from configs
+    lora: tuple = ()  # ((path, scale), ...) fused into the UNet and text encoder after loading
+    original: Path | None = None  # the single file a "single-file" checkpoint was converted from
 
     # -- discovery ---------------------------------------------------------------------------
     @classmethod
@@ -89,7 +92,13 @@ class Checkpoint:
         tokenizer: str | Path | None = None,
         scheduler: str | Path | None = None,
         allow_pickle: bool = False,
+        family: str | None = None,
+        lora=(),
     ) -> "Checkpoint":
+        if path is not None and Path(path).is_file():
+            from .single_file import open_single_file
+
+            return open_single_file(cls, Path(path), family=family, allow_pickle=allow_pickle, lora=lora)
         overrides = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "tokenizer": tokenizer, "scheduler": scheduler}
         if path is None and not any(overrides.values()):
             root, kind = default_model_dir(), "default"
@@ -128,7 +137,8 @@ class Checkpoint:
             if overrides["scheduler"] is not None or kind != "component-folders":
                 raise InputError(f"{dirs['scheduler']}: missing scheduler folder (expected scheduler_config.json inside)")
             dirs["scheduler"] = None
-        ck = cls(kind, root, dirs["unet"], dirs["text_encoder"], dirs["vae"], dirs["tokenizer"], dirs["scheduler"], allow_pickle)
+        ck = cls(kind, root, dirs["unet"], dirs["text_encoder"], dirs["vae"], dirs["tokenizer"], dirs["scheduler"], allow_pickle,
+                 family_name=family, lora=tuple(lora or ()))
         ck.validate()
         return ck
 
@@ -190,6 +200,12 @@ class Checkpoint:
             dirs["scheduler"] = self.scheduler_dir
         return dirs
 
+    @property
+    def family(self) -> str | None:
+        from .families import checkpoint_family
+
+        return checkpoint_family(self)
+
     def describe(self) -> str:
         return str(self.source) if self.source is not None else "component folders"
 
@@ -206,14 +222,19 @@ class Checkpoint:
         return model.float().eval()
 
     def load_unet(self):
-        from diffusers import UNet2DConditionModel
+        from .families import unet_class
+        from .lora import fuse_loras
 
-        return self._load("UNet", UNet2DConditionModel.from_pretrained, self.unet_dir)
+        model = self._load("UNet", unet_class(self.unet_config).from_pretrained, self.unet_dir)
+        return fuse_loras(model, "unet", self.lora)
 
     def load_text_encoder(self):
         from transformers import CLIPTextModel
 
-        return self._load("text encoder", CLIPTextModel.from_pretrained, self.text_encoder_dir)
+        from .lora import fuse_loras
+
+        model = self._load("text encoder", CLIPTextModel.from_pretrained, self.text_encoder_dir)
+        return fuse_loras(model, "text_encoder", self.lora)
 
     def load_vae(self):
         from diffusers import AutoencoderKL
