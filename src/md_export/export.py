@@ -16,7 +16,9 @@ from .checkpoint import Checkpoint
 from .compress import compress, ideal_bytes
 from .components import COMPONENT_ORDER, ExportPlan, attach_modules, count_parameters, make_plan
 from .errors import InputError
+from .families import source_extras
 from .progress import Progress
+from .recipe import validate_names, with_family_defaults
 from .rewrites import apply_rewrites
 from .rewrites import lowering_scope as rewrite_lowering_scope
 from .rewrites import resolve as resolve_rewrites
@@ -40,6 +42,8 @@ class ExportOptions:
     scheduler: str | None = None
     rewrites: dict[str, list[str]] = field(default_factory=dict)  # target -> names; absent = the target's defaults
     quantize: dict[str, str] = field(default_factory=dict)  # "target" or "target:component" -> level
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> {model|all: PSNR floor dB}
+    recipe: str | None = None  # the recipe file the options came from (recorded in the manifest)
     command: str = ""
 
 
@@ -60,6 +64,8 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None = None) -> list[ExportResult]:
     progress = progress or Progress()
+    options = with_family_defaults(ckpt, options)
+    validate_names(options)
     backends = {t: get_backend(t) for t in options.targets}
     for t in options.targets:  # refuse before any heavy work
         if (options.out / t).exists() and not options.force:
@@ -73,6 +79,8 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
         "kind": ckpt.kind,
         "components": {k: str(v) for k, v in ckpt.component_dirs().items()},
         "weights_sha256": ckpt.weights_sha256(),
+        **source_extras(ckpt),
+        **({"recipe": options.recipe} if options.recipe else {}),
     }
     results = []
     for target, backend in backends.items():
@@ -127,6 +135,7 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                 "rewrites": rewrite_records,
                 "models": models,
                 "parity": {"status": "not-run"},
+                "parity_floors": options.thresholds.get(target, {}),
             }
             write_json(tmp / "manifest.json", manifest)
         results.append(ExportResult(target, options.out / target, manifest))
