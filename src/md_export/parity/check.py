@@ -32,17 +32,18 @@ def bundled_prompts() -> list[str]:
 def reference_checkpoint(manifest: dict, override: Path | None) -> Checkpoint:
     """The checkpoint the bundle was exported from (or --checkpoint), verified by weight hashes."""
     source = manifest.get("source", {})
+    lora = tuple((e["file"], e["scale"]) for e in source.get("lora") or ())
     if override is not None:
-        ckpt = Checkpoint.open(override)
+        ckpt = Checkpoint.open(override, lora=lora)
     elif source.get("kind") == "default":
         ckpt = Checkpoint.open(None)
     elif source.get("kind") == "component-folders":
         ckpt = Checkpoint.open(None, **{k: Path(v) for k, v in source.get("components", {}).items()})
     else:
         path = Path(source.get("path", ""))
-        if not path.is_dir():
+        if not (path.is_dir() or (source.get("kind") == "single-file" and path.is_file())):
             raise InputError(f"reference checkpoint {path} (from the manifest) is not here; pass --checkpoint DIR")
-        ckpt = Checkpoint.open(path)
+        ckpt = Checkpoint.open(path, family=source.get("family") if source.get("kind") == "single-file" else None, lora=lora)
     expected = source.get("weights_sha256") or {}
     if expected:
         actual = ckpt.weights_sha256()
@@ -123,7 +124,8 @@ def check_bundle(
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     target = manifest["target"]
-    thresholds = thresholds or {}
+    thresholds = thresholds or {}  # the command line's floors win over the recipe's (recorded at export)
+    thresholds = {**({} if "all" in thresholds else manifest.get("parity_floors") or {}), **thresholds}
     if samples < 1:
         raise InputError(f"--samples {samples}: use 1 or more")
     opts = manifest.get("options", {})
