@@ -38,6 +38,7 @@ def _export_command(target_default: Optional[str]):
     """Build the body shared by `export`, `coreml`, `tflite` and `onnx`."""
 
     def command(
+        ctx: typer.Context,
         checkpoint: Optional[Path] = CheckpointArg,
         out: Path = OutOpt,
         targets: str = typer.Option("coreml,tflite,onnx", "--targets", help="Comma-separated: coreml, tflite, onnx.", hidden=target_default is not None),
@@ -56,6 +57,10 @@ def _export_command(target_default: Optional[str]):
         steps: Optional[int] = typer.Option(None, "--steps", help="Default steps recorded for apps.", rich_help_panel="Lowering"),
         rewrite: list[str] = typer.Option([], "--rewrite", help="Add a rewrite (repeatable), e.g. attention=split-einsum, linear-to-conv, gpu-composites; see `md-export rewrites`.", rich_help_panel="Lowering"),
         no_default_rewrites: bool = typer.Option(False, "--no-default-rewrites", help="Start from no rewrites instead of the target's defaults.", rich_help_panel="Lowering"),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML recipe (recipes/<family>.toml): targets, shapes, rewrites, compression, parity floors; options given here win.", rich_help_panel="Recipe"),
+        family: Optional[str] = typer.Option(None, "--family", help="Model family (see `md-export families`); default: detected. Needed for single files other than SD 1.x/2.x.", rich_help_panel="Recipe"),
+        lora: list[Path] = typer.Option([], "--lora", help="LoRA .safetensors fused into the UNet and text encoder before export (repeatable).", rich_help_panel="Recipe"),
+        lora_scale: list[float] = typer.Option([], "--lora-scale", help="Scale per --lora (one value applies to all; default 1.0).", rich_help_panel="Recipe"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.ckpt pickles (unpickling runs code)."),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
@@ -67,8 +72,12 @@ def _export_command(target_default: Optional[str]):
 
         output = Output(json_out, quiet)
         chosen = (target_default,) if target_default else parse_targets(targets)
+        from ..recipe import apply_recipe, check_family, load_recipe, lora_pairs
+
+        loaded = load_recipe(recipe) if recipe is not None else None
         ckpt = Checkpoint.open(checkpoint, unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
-                               scheduler=scheduler, allow_pickle=allow_pickle)
+                               scheduler=scheduler, allow_pickle=allow_pickle, family=family or (loaded.family if loaded and checkpoint is not None and checkpoint.is_file() else None),
+                               lora=lora_pairs(lora, lora_scale))
         if precision is not None and precision not in ("fp32", "fp16"):
             raise InputError(f"--precision {precision}: use fp32 or fp16")
         options = ExportOptions(
@@ -78,6 +87,13 @@ def _export_command(target_default: Optional[str]):
             command=shlex.join(["md-export", *sys.argv[1:]]),
             rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites),
         )
+        if loaded is not None:
+            check_family(loaded, ckpt)
+            from click.core import ParameterSource
+
+            given = {k for k in ctx.params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+            options = apply_recipe(loaded, options, given, targets_fixed=target_default is not None)
+            chosen = options.targets
         output.print(f"[bold]md-export[/] {ckpt.describe()} -> {', '.join(str(out / t) for t in chosen)}")
         results = export(ckpt, options, output.progress())
         summary = {"bundles": [{"target": r.target, "path": str(r.bundle), "models": {
@@ -123,6 +139,9 @@ Examples:
 
     md-export export                                   # the bundled tiny default model, all three formats
     md-export export ./ckpt -o out/ --targets coreml,tflite,onnx
+    md-export export ./ckpt --recipe recipes/mobilediffusion-ios.toml -o out/
+    md-export export model.safetensors --family sd15          # single file, original LDM key layout
+    md-export export ./ckpt --lora style.safetensors --lora-scale 0.8
     md-export export --unet u/ --text-encoder te/ --vae v/ --tokenizer tok/ -o out/
 """
 
@@ -168,6 +187,53 @@ def lint_cmd(
     render_lint(output, data)
     output.emit(data)
     raise typer.Exit(1 if strict and any(m["findings"] for b in data for m in b["models"].values()) else 0)
+
+
+@app.command("families")
+def families_cmd(json_out: bool = JsonOpt):
+    """Registered model families: what each expects (text encoder, guidance, steps) and its recipe.
+
+        md-export families
+        md-export families --json
+    """
+    from ..families import all_families
+
+    output = Output(json_out)
+    data = [f.describe() for f in all_families().values()]
+    for d in data:
+        extra = " + timestep_cond" if d["timestep_cond"] else ""
+        output.print(f"[bold]{d['name']:<16}[/] {d['description']}")
+        output.print(f"{'':<17}text: {d['text_encoder']}; {d['resolution']}px; guidance {d['guidance']} (UNet batch {d['unet_batch']}{extra}); "
+                     f"{d['default_steps']} steps {d['scheduler']}; {d['prediction_type']}; recipe {d['recipe']}")
+    output.emit(data)
+
+
+@app.command("init")
+def init_cmd(
+    family: str = typer.Argument(..., help="A registered family (see `md-export families`)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder to write (diffusers layout)."),
+    size: str = typer.Option("tiny", "--size", help="tiny (same topology, small widths) or full (the published size)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty folder."),
+    json_out: bool = JsonOpt,
+):
+    """Write a random-weight checkpoint of a family's architecture (seeded; tokenizer from the default model).
+
+        md-export init mobilediffusion --size tiny -o ./md-tiny
+        md-export init sd15 --size full -o /tmp/sd15-random
+    """
+    from ..checkpoint import Checkpoint
+    from ..components import count_parameters
+    from ..families.build import init_checkpoint
+
+    output = Output(json_out)
+    folder = init_checkpoint(family, out, size=size, seed=seed, force=force)
+    ck = Checkpoint.open(folder)
+    params = {"unet": count_parameters(ck.load_unet()), "text_encoder": count_parameters(ck.load_text_encoder()),
+              "vae": count_parameters(ck.load_vae())}
+    output.print(f"[green]wrote[/] {folder}  ({family}, {size}, seed {seed}; parameters: "
+                 + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in params.items()) + ")")
+    output.emit({"path": str(folder), "family": family, "size": size, "seed": seed, "parameters": params})
 
 
 @app.command("inspect")
