@@ -313,6 +313,18 @@ def apply_recipe(recipe: Recipe, options, given: set[str] = frozenset(), targets
     return replace(options, **changes)
 
 
+def lora_pairs(files, scales) -> tuple[tuple[str, float], ...]:
+    """--lora A --lora B --lora-scale 0.8 [--lora-scale 0.5]: one scale for all, or one per file."""
+    files, scales = list(files or ()), list(scales or ())
+    if scales and not files:
+        raise InputError("--lora-scale without --lora")
+    if len(scales) > 1 and len(scales) != len(files):
+        raise InputError(f"--lora-scale given {len(scales)} times for {len(files)} --lora files; give one, or one per file")
+    if not scales:
+        scales = [1.0]
+    return tuple((str(f), float(scales[i] if len(scales) > 1 else scales[0])) for i, f in enumerate(files))
+
+
 def check_family(recipe: Recipe, ckpt) -> None:
     """A recipe for one family must not be applied to a checkpoint of another topology."""
     from .families import get_family

@@ -254,4 +254,5 @@ def unet_class(config: dict):
 
 
 def _load_builtin() -> None:
-    from . import mobilediffusion, sd  # noqa: F401  (registration side effect)
+    from . import sd  # noqa: F401  (registration side effect; SD families first)
+    from . import mobilediffusion  # noqa: F401
