@@ -47,15 +47,21 @@ class VaeEncodeWrap(torch.nn.Module):
         return self.vae.encode(image).latent_dist.mean
 
 
-def convert(module, args, input_names, out_dir, name, *, precision="fp32", target="iOS17", output_names=None):
-    """torch.export + coremltools -> saved <out_dir>/<name>.mlpackage; returns its path."""
+def export(module, args):
+    """torch.export with the decompositions coremltools expects (done once per component)."""
+    args = tuple(a.contiguous() for a in args)
+    return torch.export.export(module.eval(), args).run_decompositions({})
+
+
+def convert(module, args, input_names, out_dir, name, *, precision="fp32", target="iOS17", output_names=None, ep=None):
+    """torch.export (or a given ExportedProgram) + coremltools -> saved <out_dir>/<name>.mlpackage."""
     import coremltools as ct
 
     from md_export.backends.coreml_torch_ops import register_missing_torch_ops
 
     register_missing_torch_ops()
-    args = tuple(a.contiguous() for a in args)
-    ep = torch.export.export(module.eval(), args).run_decompositions({})
+    if ep is None:
+        ep = export(module, args)
     kwargs = {}
     if output_names:
         kwargs["outputs"] = [ct.TensorType(name=n) for n in output_names]
