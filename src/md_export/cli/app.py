@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     try:
-        app(args=argv, prog_name="md-export", standalone_mode=False)
-        return 0
+        rv = app(args=argv, prog_name="md-export", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0  # standalone_mode=False returns typer.Exit's code
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
