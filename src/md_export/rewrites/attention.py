@@ -62,12 +62,13 @@ def softmax(x: torch.Tensor, dim: int, fp32: bool) -> torch.Tensor:
     return x.softmax(dim=dim)
 
 
-def attend_bc1s(q, k, v, heads: int, scale: float, mode: str, query_chunk: int = QUERY_CHUNK,
+def attend_bc1s(q, k, v, heads: int, scale: float, mode: str, query_chunk: int | None = None,
                 softmax_fp32: bool = False, relu: bool = False) -> torch.Tensor:
     """q (B, C, 1, Sq), k/v (B, C, 1, Sk) -> (B, C, 1, Sq). ``relu``: ReLU attention normalized
     by the key count (MobileDiffusion) instead of softmax."""
     b, c, _, sq = q.shape
     d = c // heads
+    query_chunk = query_chunk or QUERY_CHUNK
 
     def weights(scores, dim):
         if relu:
@@ -104,7 +105,7 @@ class ChannelsFirstAttnProcessor:
 
     accepts_bc1s = True
 
-    def __init__(self, mode: str = "split-einsum", query_chunk: int = QUERY_CHUNK, softmax_fp32: bool = False, relu: bool = False):
+    def __init__(self, mode: str = "split-einsum", query_chunk: int | None = None, softmax_fp32: bool = False, relu: bool = False):
         if mode not in MODES:
             raise ValueError(f"attention mode {mode!r}: use one of {', '.join(MODES)}")
         self.mode, self.query_chunk, self.softmax_fp32, self.relu = mode, query_chunk, softmax_fp32, relu
