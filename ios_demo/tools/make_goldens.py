@@ -8,7 +8,9 @@ Writes, under ios_demo/Tests/MDExportCoreTests/Resources/:
   tokenizer_goldens.json   input_ids from transformers' CLIPTokenizer on the committed
                            src/md_export/default_model/tokenizer (padding="max_length", 77, truncation)
   scheduler_goldens.json   timesteps, sigmas, init_noise_sigma and per-step outputs of diffusers'
-                           EulerDiscreteScheduler, DDIMScheduler and LCMScheduler for several configs
+                           EulerDiscreteScheduler, DDIMScheduler, DPMSolverMultistepScheduler (DPM-Solver++
+                           2M) and LCMScheduler for several configs; "rewrite_cases": the pipeline's
+                           scheduler-config rewrite, from md_export.pipeline.schedulers
   noise_goldens.json       torch.randn values for given seeds and shapes (the app's RNG reproduces
                            torch's CPU generator so an image can be compared with diffusers' one)
   guidance_embedding_goldens.json   LCM guidance-scale embeddings (timestep_cond)
@@ -103,6 +105,17 @@ SCHEDULER_CASES = [
     ("ddim-linspace-clip", "DDIMScheduler",
      dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
           timestep_spacing="linspace", clip_sample=True, set_alpha_to_one=True), [7, 20]),
+    ("dpmpp2m-leading-eps", "DPMSolverMultistepScheduler",
+     dict(SD_BASE, prediction_type="epsilon", timestep_spacing="leading"), [1, 2, 4, 20]),
+    ("dpmpp2m-linspace-defaults", "DPMSolverMultistepScheduler",
+     dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"), [3, 10, 25]),
+    ("dpmpp2m-trailing-v-heun", "DPMSolverMultistepScheduler",
+     dict(SD_BASE, prediction_type="v_prediction", timestep_spacing="trailing", solver_type="heun"), [5, 16]),
+    ("dpmpp2m-sigma-min", "DPMSolverMultistepScheduler",
+     dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+          final_sigmas_type="sigma_min"), [6, 16]),
+    ("dpmpp2m-euler-at-final-lambda-clipped", "DPMSolverMultistepScheduler",
+     dict(SD_BASE, euler_at_final=True, final_sigmas_type="sigma_min", lambda_min_clipped=-5.1), [8]),
     ("lcm-default", "LCMScheduler",
      dict(SD_BASE, prediction_type="epsilon", timestep_spacing="leading", original_inference_steps=50,
           timestep_scaling=10.0), [1, 2, 4, 8]),
@@ -144,7 +157,7 @@ def scheduler_goldens() -> dict:
                 "scaled_model_input": scaled,
                 "prev_sample": prev,
             }
-            if hasattr(s, "sigmas") and cls_name == "EulerDiscreteScheduler":
+            if hasattr(s, "sigmas") and cls_name in ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler"):
                 case["sigmas"] = [float(v) for v in s.sigmas]
             if denoised:
                 case["denoised"] = denoised
@@ -156,7 +169,39 @@ def scheduler_goldens() -> dict:
         "note": "prev_sample[i] is step(model_output, timesteps[i], step_sample) evaluated at step index i; "
         "for LCM the injected noise is zero (prev = sqrt(alpha_prev) * denoised).",
         "cases": cases,
+        "rewrite_cases": rewrite_cases(),
     }
+
+
+# An SD 1.5-style Euler scheduler.json predating diffusers' "outdated config" fix-ups (steps_offset 0,
+# no clip_sample, so DDIM would default to clip_sample=True).
+OLD_EULER_JSON = dict(SD_BASE, steps_offset=0, timestep_spacing="leading", prediction_type="epsilon",
+                      _class_name="EulerDiscreteScheduler")
+
+
+def rewrite_cases() -> list:
+    """md_export.pipeline.schedulers (which matches diffusers) built from OLD_EULER_JSON as the loop builds
+    it: with the rewrite (steps_offset=1, clip_sample=False) for cfg-batch2 / none, without for embedded.
+    prev_sample[i] is step(model_output * 4, timesteps[i], step_sample * 4) at step index i (scaled up so
+    DDIM's clipping of x0 shows)."""
+    from md_export.pipeline.schedulers import make_scheduler
+
+    x = np.asarray(STEP_SAMPLE, dtype=np.float32) * np.float32(4)
+    e = np.asarray(STEP_MODEL_OUTPUT, dtype=np.float32) * np.float32(4)
+    out = []
+    for kind, guidance, steps in (("ddim", "cfg-batch2", 10), ("ddim", "none", 4), ("ddim", "embedded", 10),
+                                  ("euler", "cfg-batch2", 8)):
+        fixups = {} if guidance == "embedded" else {"steps_offset": 1, "clip_sample": False}
+        s = make_scheduler(kind, OLD_EULER_JSON, **fixups)
+        s.set_timesteps(steps)
+        prev = []
+        for t in s.timesteps:
+            scaled = s.scale_model_input(x, t)
+            prev.append(np.asarray(s.step(e, t, x), dtype=np.float32).tolist())
+            s._step_index = None  # evaluate every step on the same sample, like the diffusers cases
+        out.append({"scheduler": kind, "guidance": guidance, "steps": steps, "config": OLD_EULER_JSON,
+                    "timesteps": [float(t) for t in s.timesteps], "prev_sample": prev})
+    return out
 
 
 def _lcm_step_with_zero_noise(s, e, t, x):

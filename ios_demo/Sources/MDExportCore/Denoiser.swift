@@ -81,8 +81,12 @@ public struct GenerationProgress: Equatable {
 /// - `none`: batch 1, the prompt only.
 /// - `embedded` (LCM): batch 1, plus `timestep_cond` = guidance-scale embedding of (s - 1).
 ///
+/// Scheduler: built from `schedulerConfig.rewritten(for: guidance)`, the config rewrite diffusers'
+/// StableDiffusionPipeline applies (steps_offset 1, clip_sample false; not for `embedded`).
+///
 /// Initial noise comes from `TorchRandom(seed:)` (PyTorch's CPU generator), so the same seed gives the
-/// same starting latent as diffusers with `torch.Generator().manual_seed(seed)`.
+/// same starting latent as diffusers with `torch.Generator().manual_seed(seed)`; LCM's step noise is drawn
+/// from the same generator afterwards, one tensor per step, as diffusers draws it.
 ///
 /// Decoding: when `pipeline.decoder_applies_scaling` is true the decoder gets the latent as the
 /// scheduler left it; otherwise the loop passes `latent / vae_scaling_factor + vae_shift_factor`.
@@ -142,7 +146,9 @@ public final class Denoiser {
         let p = manifest.pipeline
         let mode = try p.guidanceMode()
         let batch = mode == .cfgBatch2 ? 2 : 1
-        let scheduler = try makeScheduler(kind: parameters.scheduler, config: schedulerConfig, steps: parameters.steps)
+        // diffusers' pipeline config rewrite (steps_offset 1, clip_sample false; none for LCM's embedded guidance)
+        let scheduler = try makeScheduler(kind: parameters.scheduler, config: schedulerConfig.rewritten(for: mode),
+                                          steps: parameters.steps)
         let latentShape = p.latentShape
         let noiseShape = [batch] + Array(latentShape.dropFirst())
 

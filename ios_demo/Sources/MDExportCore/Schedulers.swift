@@ -28,6 +28,7 @@ public enum SchedulerError: Error, Equatable, LocalizedError {
 public enum SchedulerKind: String, CaseIterable, Identifiable {
     case euler
     case ddim
+    case dpmpp2m = "dpmpp-2m"
     case lcm
 
     public var id: String { rawValue }
@@ -65,6 +66,16 @@ public struct SchedulerConfig: Codable, Equatable {
     public var thresholding: Bool?
     public var originalInferenceSteps: Int?
     public var timestepScaling: Double?
+    // DPMSolverMultistepScheduler
+    public var algorithmType: String?
+    public var solverOrder: Int?
+    public var solverType: String?
+    public var lowerOrderFinal: Bool?
+    public var eulerAtFinal: Bool?
+    public var lambdaMinClipped: Double?
+    public var varianceType: String?
+    public var useLuLambdas: Bool?
+    public var useFlowSigmas: Bool?
 
     enum CodingKeys: String, CodingKey {
         case className = "_class_name"
@@ -89,6 +100,28 @@ public struct SchedulerConfig: Codable, Equatable {
         case thresholding
         case originalInferenceSteps = "original_inference_steps"
         case timestepScaling = "timestep_scaling"
+        case algorithmType = "algorithm_type"
+        case solverOrder = "solver_order"
+        case solverType = "solver_type"
+        case lowerOrderFinal = "lower_order_final"
+        case eulerAtFinal = "euler_at_final"
+        case lambdaMinClipped = "lambda_min_clipped"
+        case varianceType = "variance_type"
+        case useLuLambdas = "use_lu_lambdas"
+        case useFlowSigmas = "use_flow_sigmas"
+    }
+
+    /// The config the denoising loop builds its scheduler from. diffusers' StableDiffusionPipeline
+    /// rewrites an "outdated" scheduler config before using it (`steps_offset` = 1, `clip_sample` =
+    /// false), and md_export's own loop does the same for guidance `cfg-batch2` and `none`; the LCM
+    /// pipeline (guidance `embedded`) uses the config as it is. With this, DDIM built from an Euler
+    /// `scheduler.json` gives diffusers' DDIM image.
+    public func rewritten(for guidance: GuidanceMode) -> SchedulerConfig {
+        guard guidance != .embedded else { return self }
+        var config = self
+        config.stepsOffset = 1
+        config.clipSample = false
+        return config
     }
 
     public init() {}
@@ -134,6 +167,7 @@ public func makeScheduler(kind: SchedulerKind, config: SchedulerConfig, steps: I
     switch kind {
     case .euler: return try EulerDiscreteScheduler(config: config, steps: steps)
     case .ddim: return try DDIMScheduler(config: config, steps: steps)
+    case .dpmpp2m: return try DPMSolverMultistepScheduler(config: config, steps: steps)
     case .lcm: return try LCMScheduler(config: config, steps: steps)
     }
 }
@@ -406,6 +440,162 @@ public struct DDIMScheduler: DiffusionScheduler {
     }
 }
 
+// MARK: - DPM-Solver++ 2M (DPMSolverMultistepScheduler)
+
+/// diffusers' DPMSolverMultistepScheduler as DPM-Solver++ 2M (algorithm_type "dpmsolver++",
+/// solver_order 2; the name fixes both): solver_type midpoint or heun, lower_order_final,
+/// euler_at_final, final_sigmas_type zero / sigma_min, lambda_min_clipped; epsilon / v_prediction /
+/// sample. Deterministic. It remembers the previous step's data prediction, so it is a class and one
+/// instance runs one generation with the steps in order. Karras / exponential / beta / Lu sigmas are
+/// refused, as Euler refuses them.
+public final class DPMSolverMultistepScheduler: DiffusionScheduler {
+    public let kind = SchedulerKind.dpmpp2m
+    public let timesteps: [Double]
+    /// steps + 1 values; the last is the final sigma.
+    public let sigmas: [Double]
+    public let initNoiseSigma = 1.0
+    public let predictionType: PredictionType
+    let heun: Bool
+    let lowerOrderFinal: Bool
+    let eulerAtFinal: Bool
+    let finalSigmaIsZero: Bool
+    private var previousOriginal: [Double]?
+    private var lowerOrderCount = 0
+    private var nextStep = 0
+
+    public init(config: SchedulerConfig, steps: Int) throws {
+        let name = "dpmpp-2m"
+        for (flag, key) in [(config.useKarrasSigmas, "use_karras_sigmas"),
+                            (config.useExponentialSigmas, "use_exponential_sigmas"),
+                            (config.useBetaSigmas, "use_beta_sigmas"),
+                            (config.useLuLambdas, "use_lu_lambdas"),
+                            (config.useFlowSigmas, "use_flow_sigmas"),
+                            (config.thresholding, "thresholding")] where flag == true {
+            throw SchedulerError.unsupported(scheduler: name, setting: key, value: "true")
+        }
+        if let variance = config.varianceType, variance == "learned" || variance == "learned_range" {
+            throw SchedulerError.unsupported(scheduler: name, setting: "variance_type", value: variance)
+        }
+        switch config.solverType ?? "midpoint" {
+        case "midpoint": heun = false
+        case "heun": heun = true
+        case let other: throw SchedulerError.unsupported(scheduler: name, setting: "solver_type", value: other)
+        }
+        let trainSteps = config.numTrainTimesteps ?? 1000
+        try ScheduleMath.checkSteps(steps, trainSteps: trainSteps)
+        let alphasCumprod = try ScheduleMath.alphasCumprod(
+            config: config,
+            defaults: .init(trainSteps: 1000, betaStart: 0.0001, betaEnd: 0.02, schedule: "linear"),
+            scheduler: name)
+        // lambda_min_clipped drops the training timesteps whose log-SNR is below it
+        var clipped = 0
+        if let lambdaMin = config.lambdaMinClipped, lambdaMin.isFinite {
+            clipped = alphasCumprod.filter { a in
+                log(a.squareRoot()) - log((1 - a).squareRoot()) < lambdaMin
+            }.count
+        }
+        let last = trainSteps - clipped
+        let ts: [Double]
+        switch config.timestepSpacing ?? "linspace" {
+        case "linspace":
+            // numpy.linspace(0, last - 1, steps + 1).round()[::-1][:-1]
+            ts = Array(ScheduleMath.linspace(0, Double(last - 1), steps + 1)
+                .map { $0.rounded(.toNearestOrEven) }.reversed().dropLast())
+        case "leading":
+            let ratio = last / (steps + 1)
+            ts = (1 ... steps).reversed().map { Double($0 * ratio + (config.stepsOffset ?? 0)) }
+        case "trailing":
+            // numpy.arange(last, 0, -num_train_timesteps / steps).round() - 1
+            let ratio = Double(trainSteps) / Double(steps)
+            let count = Int((Double(last) / ratio).rounded(.up))
+            ts = (0 ..< count).map { (Double(last) - Double($0) * ratio).rounded(.toNearestOrEven) - 1 }
+        case let other:
+            throw SchedulerError.unsupported(scheduler: name, setting: "timestep_spacing", value: other)
+        }
+        let fullSigmas = alphasCumprod.map { ((1 - $0) / $0).squareRoot() }
+        var sig = ts.map { t -> Double in
+            if t <= 0 { return fullSigmas[0] }
+            if t >= Double(fullSigmas.count - 1) { return fullSigmas[fullSigmas.count - 1] }
+            let low = Int(t.rounded(.down))
+            return fullSigmas[low] + (fullSigmas[low + 1] - fullSigmas[low]) * (t - Double(low))
+        }
+        switch config.finalSigmasType ?? "zero" {
+        case "zero": sig.append(0)
+        case "sigma_min": sig.append(fullSigmas[0])
+        case let other: throw SchedulerError.unsupported(scheduler: name, setting: "final_sigmas_type", value: other)
+        }
+        finalSigmaIsZero = (config.finalSigmasType ?? "zero") == "zero"
+        timesteps = ts
+        sigmas = sig
+        lowerOrderFinal = config.lowerOrderFinal ?? true
+        eulerAtFinal = config.eulerAtFinal ?? false
+        predictionType = try ScheduleMath.predictionType(config, scheduler: name)
+    }
+
+    public func scaleModelInput(_ sample: Tensor, stepIndex: Int) -> Tensor { sample }
+
+    /// alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma * alpha_t.
+    private static func alphaSigma(_ sigma: Double) -> (Double, Double) {
+        let alpha = 1 / (sigma * sigma + 1).squareRoot()
+        return (alpha, sigma * alpha)
+    }
+
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: () -> Tensor) throws -> SchedulerOutput {
+        try ScheduleMath.checkSameShape(modelOutput, sample)
+        guard stepIndex == nextStep else {
+            throw SchedulerError.invalidSteps(requested: stepIndex,
+                                              reason: "dpmpp-2m runs its steps in order; expected step \(nextStep)")
+        }
+        nextStep += 1
+        let count = timesteps.count
+        let lowerFinal = stepIndex == count - 1
+            && (eulerAtFinal || (lowerOrderFinal && count < 15) || finalSigmaIsZero)
+        let (alphaS0, sigmaS0) = Self.alphaSigma(sigmas[stepIndex])
+        let (alphaT, sigmaT) = Self.alphaSigma(sigmas[stepIndex + 1])
+        let lambdaT = log(alphaT) - log(sigmaT)  // +infinity when the final sigma is 0
+        let lambdaS0 = log(alphaS0) - log(sigmaS0)
+        let h = lambdaT - lambdaS0
+        let expm = exp(-h) - 1
+        let ratio = sigmaT / sigmaS0
+        var original = [Double](repeating: 0, count: sample.count)
+        for i in 0 ..< sample.count {
+            let x = Double(sample.scalars[i])
+            let m = Double(modelOutput.scalars[i])
+            let x0: Double
+            switch predictionType {
+            case .epsilon: x0 = (x - sigmaS0 * m) / alphaS0
+            case .vPrediction: x0 = alphaS0 * x - sigmaS0 * m
+            case .sample: x0 = m
+            }
+            original[i] = Double(Float(x0))  // diffusers keeps the data prediction in float32
+        }
+        var prev = sample
+        if lowerOrderCount < 1 || lowerFinal || previousOriginal == nil {
+            for i in 0 ..< sample.count {
+                prev.scalars[i] = Float(ratio * Double(sample.scalars[i]) - alphaT * expm * original[i])
+            }
+        } else {
+            let earlier = previousOriginal!
+            let (alphaS1, sigmaS1) = Self.alphaSigma(sigmas[stepIndex - 1])
+            let lambdaS1 = log(alphaS1) - log(sigmaS1)
+            let r0 = (lambdaS0 - lambdaS1) / h
+            for i in 0 ..< sample.count {
+                let d1 = (original[i] - earlier[i]) / r0
+                let x = Double(sample.scalars[i])
+                let value = heun
+                    ? ratio * x - alphaT * expm * original[i] + alphaT * (expm / h + 1) * d1
+                    : ratio * x - alphaT * expm * original[i] - 0.5 * alphaT * expm * d1
+                prev.scalars[i] = Float(value)
+            }
+        }
+        previousOriginal = original
+        if lowerOrderCount < 2 { lowerOrderCount += 1 }
+        var predicted = sample
+        for i in 0 ..< sample.count { predicted.scalars[i] = Float(original[i]) }
+        return SchedulerOutput(prevSample: prev, predictedOriginal: predicted)
+    }
+}
+
 // MARK: - LCM (LCMScheduler)
 
 /// diffusers' LCMScheduler (text-to-image, strength 1). Between steps it injects fresh noise from
@@ -491,15 +681,19 @@ public struct LCMScheduler: DiffusionScheduler {
     }
 }
 
-/// LCM's guidance-scale embedding (`timestep_cond`): diffusers' get_guidance_scale_embedding(w - 1).
+/// LCM's guidance-scale embedding (`timestep_cond`): diffusers' get_guidance_scale_embedding(w - 1),
+/// sin half then cos half, zero-padded when `dimension` is odd. The products are formed in float32 as
+/// torch forms them (the arguments reach thousands of radians, so Double products would differ from
+/// diffusers by up to ~1e-3); sin, cos and exp are evaluated in Double and rounded.
 public func guidanceScaleEmbedding(guidanceScale: Double, dimension: Int) -> [Float] {
     guard dimension > 0 else { return [] }
-    let w = (guidanceScale - 1) * 1000
+    let w = Float(guidanceScale - 1) * Float(1000)
     let half = dimension / 2
     guard half > 0 else { return [Float](repeating: 0, count: dimension) }
-    let exponent = half > 1 ? log(10000.0) / Double(half - 1) : 0
-    let frequencies = (0 ..< half).map { exp(-exponent * Double($0)) }
-    var out = frequencies.map { Float(sin(w * $0)) } + frequencies.map { Float(cos(w * $0)) }
+    let exponent: Float = half > 1 ? Float(log(10000.0)) / Float(half - 1) : 0
+    let frequencies: [Float] = (0 ..< half).map { Float(exp(Double(Float($0) * -exponent))) }
+    let arguments: [Double] = frequencies.map { Double(w * $0) }
+    var out = arguments.map { Float(sin($0)) } + arguments.map { Float(cos($0)) }
     if dimension % 2 == 1 { out.append(0) }
     return out
 }

@@ -8,6 +8,8 @@ data class GenerationRequest(
     val guidanceScale: Double? = null,
     val seed: Long = 0,
     val scheduler: String? = null,
+    /** The initial-noise generator; the default reproduces torch, so a seed gives diffusers' image. */
+    val noise: NoiseGenerator = NoiseGenerator.TORCH,
 )
 
 data class GenerationResult(
@@ -31,8 +33,11 @@ class CancelledException : Exception("cancelled")
  *
  * - text: `input_ids` [1, L] -> `last_hidden_state` [1, L, D], once for the prompt and, with
  *   guidance "cfg-batch2", once for the negative prompt ("" by default);
- * - latents: Gaussian noise from [SeededGaussian] (NCHW order) times the scheduler's
- *   init_noise_sigma;
+ * - scheduler: built from `scheduler.json` after [SchedulerConfig.forGuidance] (diffusers'
+ *   StableDiffusionPipeline config rewrite: steps_offset 1, clip_sample false; none for LCM);
+ * - latents: `torch.randn([1, C, h, w], generator=torch.Generator("cpu").manual_seed(seed))`
+ *   via [TorchGenerator] (NCHW order), times the scheduler's init_noise_sigma in float32; LCM's
+ *   step noise comes from the same generator afterwards, one draw per step, as in diffusers;
  * - each step: `sample` = scheduler-scaled latents (stacked twice for cfg-batch2: row 0
  *   unconditional, row 1 conditional), `timestep` = the step's timestep per row,
  *   `encoder_hidden_states`, and for guidance "embedded" (LCM) `timestep_cond` =
@@ -77,7 +82,7 @@ class Denoiser(
         val steps = request.steps ?: p.defaultSteps
         val scale = request.guidanceScale ?: p.defaultGuidanceScale
         val schedulerName = request.scheduler ?: defaultScheduler
-        val scheduler = Schedulers.create(schedulerName, schedulerConfig, steps)
+        val scheduler = Schedulers.create(schedulerName, schedulerConfig.forGuidance(p.guidance), steps)
         val batch = p.unetBatch
 
         var t0 = clock()
@@ -85,11 +90,12 @@ class Denoiser(
         val hidden = if (p.guidance == Guidance.CFG_BATCH2) FloatTensor.concat(listOf(encodeText(request.negativePrompt), cond)) else cond
         val textNs = clock() - t0
 
-        val rng = SeededGaussian(request.seed)
+        val rng = request.noise.create(request.seed)
         val latentShape = intArrayOf(1, p.latentChannels, p.latentHeight, p.latentWidth)
         val n = latentShape.fold(1) { a, b -> a * b }
-        var latents = FloatArray(n)
-        rng.fill(latents, scheduler.initNoiseSigma)
+        val sigma0 = scheduler.initNoiseSigma.toFloat()
+        var latents = rng.randn(n)
+        for (i in 0 until n) latents[i] *= sigma0
 
         val timestepCond: FloatTensor? = if (p.guidance == Guidance.EMBEDDED) {
             val dim = manifest.unet.input("timestep_cond")!!.shape[1]
@@ -111,7 +117,8 @@ class Denoiser(
             val out = expect(unet.run(inputs), Manifest.UNET, "noise_pred", intArrayOf(batch, *latentShape.copyOfRange(1, 4)))
             val eps = if (p.guidance == Guidance.CFG_BATCH2) {
                 val d = out.data
-                FloatArray(n) { j -> val u = d[j]; val c = d[n + j]; (u + scale * (c - u)).toFloat() }
+                val s = scale.toFloat()
+                FloatArray(n) { j -> val u = d[j]; val c = d[n + j]; u + s * (c - u) }
             } else out.data.copyOf(n)
             latents = scheduler.step(eps, i, latents, rng)
             onStep(i + 1, scheduler.timesteps.size)

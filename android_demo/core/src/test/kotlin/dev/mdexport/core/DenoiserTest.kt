@@ -78,8 +78,8 @@ class DenoiserTest {
     /** The expected final latents, computed independently of Denoiser. */
     private fun referenceLatents(steps: Int, seed: Long, combine: (u: Float, c: Float, sample: Float, t: Float) -> Float): FloatArray {
         val s = Schedulers.create("euler", schedulerConfig, steps)
-        val rng = SeededGaussian(seed)
-        var x = FloatArray(n) { (rng.nextGaussian() * s.initNoiseSigma).toFloat() }
+        val rng = TorchGenerator(seed)
+        var x = rng.randn(n).map { it * s.initNoiseSigma.toFloat() }.toFloatArray()
         for (i in 0 until steps) {
             val scaled = s.scaleModelInput(x, i)
             val t = s.timesteps[i].toFloat()
@@ -175,10 +175,10 @@ class DenoiserTest {
     }
 
     @Test fun unknownManifestSchedulerFallsBackToEuler() {
-        val d = Denoiser(manifest("cfg-batch2", scheduler = "dpmpp-2m"), TestSupport.realTokenizer, schedulerConfig,
+        val d = Denoiser(manifest("cfg-batch2", scheduler = "unipc"), TestSupport.realTokenizer, schedulerConfig,
             FakeTextEncoder(), FakeUnet(2), FakeDecoder())
         assertEquals("euler", d.defaultScheduler)
-        assertTrue(d.schedulerNote!!.contains("dpmpp-2m"))
+        assertTrue(d.schedulerNote!!.contains("unipc"))
         assertEquals(5, d.generate(GenerationRequest("x")).steps) // default_steps from the manifest
     }
 
