@@ -1,0 +1,190 @@
+"""ONNX compression of a saved .onnx.
+
+- fp16: onnxruntime's float16 converter (fp16 weights and compute, fp32 graph inputs/outputs),
+  with a block list of nodes kept fp32 (the VAE decoder's overflow way through).
+- int8: weight-only, per output channel, symmetric: each Conv/ConvTranspose/MatMul/Gemm/Gather
+  weight initializer becomes int8 + DequantizeLinear (axis = output channels), so compute stays
+  fp32 exactly as in the Core ML and TFLite int8 levels.
+- w8a8: onnxruntime.quantization static QDQ (int8 weights per channel, uint8 activations) with a
+  calibration reader over recorded real activations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConversionError
+
+WEIGHT_OPS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, 1), "Gemm": (1, 0), "Gather": (0, 0)}
+
+
+def _onnx():
+    import onnx
+
+    return onnx
+
+
+def load(path: Path):
+    return _onnx().load(str(path), load_external_data=True)
+
+
+def save(model, path: Path) -> None:
+    onnx = _onnx()
+    big = model.ByteSize() > 2 * 1024**3 - 64 * 1024**2 if hasattr(model, "ByteSize") else False
+    tmp = path.with_name(path.stem + ".tmp.onnx")
+    onnx.save(model, str(tmp), save_as_external_data=big, location=path.name + ".data" if big else None)
+    tmp.replace(path)
+
+
+def to_fp16(path: Path, keep_fp32_nodes: list[str] | None = None) -> list[str]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = load(path)
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                     node_block_list=list(keep_fp32_nodes or []))
+    save(model, path)
+    return list(keep_fp32_nodes or [])
+
+
+def _axis_for(op_type: str, attrs: dict, weight: np.ndarray) -> int:
+    if op_type == "Gemm":
+        return 0 if attrs.get("transB", 0) else 1
+    if op_type == "ConvTranspose":
+        return 1 if weight.ndim > 1 else 0
+    if op_type == "MatMul":
+        return weight.ndim - 1
+    return 0
+
+
+def int8_weights(path: Path, skip: set[str] | None = None, min_elements: int = 16) -> list[str]:
+    """Replace float weight initializers of WEIGHT_OPS by int8 + DequantizeLinear. Returns the
+    names of the initializers quantized."""
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    model = load(path)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    uses: dict[str, list] = {}
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node, i))
+    done = []
+    new_nodes = []
+    for name, init in list(inits.items()):
+        if init.data_type != onnx.TensorProto.FLOAT or (skip and name in skip):
+            continue
+        consumers = uses.get(name, [])
+        if not consumers:
+            continue
+        kinds = {(n.op_type, i) for n, i in consumers}
+        if len(kinds) != 1:
+            continue
+        op_type, slot = next(iter(kinds))
+        if op_type not in WEIGHT_OPS or WEIGHT_OPS[op_type][0] != slot:
+            continue
+        w = numpy_helper.to_array(init)
+        if w.size < min_elements or w.ndim < 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in consumers[0][0].attribute}
+        axis = _axis_for(op_type, attrs, w)
+        moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        amax = np.abs(moved).max(axis=1)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        qname, sname, zname = name + "_int8", name + "_scale", name + "_zero_point"
+        g.initializer.remove(init)
+        g.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname),
+                              numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), zname)])
+        new_nodes.append(helper.make_node("DequantizeLinear", [qname, sname, zname], [name], name=name + "_dequantize", axis=axis))
+        done.append(name)
+    for n in reversed(new_nodes):
+        g.node.insert(0, n)
+    _ensure_opset(model, 13)
+    save(model, path)
+    return done
+
+
+def _ensure_opset(model, minimum: int) -> None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < minimum:
+            raise ConversionError(f"onnx: opset {imp.version} has no per-axis DequantizeLinear (need {minimum})")
+
+
+class _Reader:
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.it = iter(feeds)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def w8a8(path: Path, calibration: list[dict[str, np.ndarray]], skip_nodes: list[str] | None = None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = path.with_name(path.stem + ".pre.onnx")
+    out = path.with_name(path.stem + ".q.onnx")
+    try:
+        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+    except Exception:
+        pre = path
+    quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=list(skip_nodes or []), extra_options={"WeightSymmetric": True})
+    if pre != path:
+        pre.unlink()
+    out.replace(path)
+
+
+def inventory(path: Path) -> list[tuple[str, int, float]]:
+    onnx = _onnx()
+    bits = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8,
+            onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
+    model = load(path)
+    out = []
+    side = {}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if len(init.dims) else 1
+        if init.name.endswith(("_scale", "_zero_point")):
+            base = init.name.rsplit("_", 2 if init.name.endswith("_zero_point") else 1)[0]
+            side[base] = side.get(base, 0) + n * bits.get(init.data_type, 32) // 8
+    for init in model.graph.initializer:
+        if init.data_type not in bits or init.name.endswith(("_scale", "_zero_point")):
+            continue
+        n = int(np.prod(init.dims)) if len(init.dims) else 1
+        if n > 1:
+            out.append((init.name, n, float(bits[init.data_type]), side.get(init.name.removesuffix("_int8"), 0)))
+    for node in model.graph.node:  # the dynamo exporter also stores weights as Constant nodes
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type in bits:
+                    n = int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+                    if n > 1:
+                        out.append((node.output[0], n, float(bits[a.t.data_type]), 0))
+    return out
+
+
+def apply(lowered, component, level, context: dict):
+    if level.kind == "fp16":
+        keep = context.get("fp16_keep_nodes", {}).get(component.name, []) if isinstance(context.get("fp16_keep_nodes"), dict) else []
+        to_fp16(lowered.path, keep)
+        lowered.precision = "fp16"
+        if keep:
+            lowered.notes.append(f"{len(keep)} nodes kept fp32 (fp16 overflow): {', '.join(keep[:10])}")
+    elif level.kind == "int8":
+        done = int8_weights(lowered.path)
+        lowered.notes.append(f"int8 weights (per channel, symmetric, DequantizeLinear) on {len(done)} initializers")
+    elif level.kind == "w8a8":
+        from ..calibration import calibration_feeds
+
+        feeds = [{k: v for k, v in f.items()} for f in calibration_feeds(component, context)]
+        w8a8(lowered.path, feeds)
+        lowered.notes.append(f"QDQ static quantization: int8 weights per channel, uint8 activations, {len(feeds)} calibration inputs")
+    else:
+        raise ValueError(level.kind)
+    return lowered
