@@ -144,7 +144,7 @@ def check_bundle(
             raise InputError(f"{bundle / 'manifest.json'}: model '{name}' is not one md-export knows how to check")
         comp = plan.components[name]
         precision = entry.get("precision", "fp32")
-        floor = floor_for(name, precision, thresholds)
+        floor = floor_for(name, precision, thresholds, entry.get("compression"))
         for engine in engines:
             runtime = engine or RUNTIME_NAMES[target]
             out_name = comp.outputs[0].name

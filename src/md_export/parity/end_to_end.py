@@ -8,7 +8,7 @@ import torch
 
 from .metrics import compare
 from .report import FAIL, NOT_RUN, PASS, Check
-from .thresholds import floor_for
+from .thresholds import end_to_end_floor
 
 E2E_PROMPT = "a red fox in snow"
 DIFFUSERS_SCHEDULERS = {
@@ -55,7 +55,7 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
 def check_end_to_end(bundle, manifest, backend, plan, ckpt, factory, thresholds, steps, seed, report) -> Check:
     pipe_cfg = manifest["pipeline"]
     precision = "fp16" if any(m.get("precision") == "fp16" for m in manifest["models"].values()) else "fp32"
-    floor = floor_for("end_to_end", precision, thresholds)
+    floor = end_to_end_floor(manifest["models"], precision, thresholds)
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
     try:
         from ..pipeline.image import save_png, side_by_side
