@@ -62,6 +62,8 @@ def _export_command(target_default: Optional[str]):
         lora: list[Path] = typer.Option([], "--lora", help="LoRA .safetensors fused into the UNet and text encoder before export (repeatable).", rich_help_panel="Recipe"),
         lora_scale: list[float] = typer.Option([], "--lora-scale", help="Scale per --lora (one value applies to all; default 1.0).", rich_help_panel="Recipe"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.ckpt pickles (unpickling runs code)."),
+        quantize: list[str] = typer.Option([], "--quantize", help="Compression: LEVEL for every model or COMPONENT=LEVEL (repeatable). Core ML: fp16, int8, w8a8, palettize-8/6/4/2 (-g16: per grouped channel, iOS18), mixed-bit:4.5; TFLite: fp16, int8, w8a8, int4-block32, mixed:fc=int8,conv=fp16; ONNX: fp16, int8, w8a8.", rich_help_panel="Compression"),
+        keep: list[str] = typer.Option([], "--keep", help="COMPONENT=LEVEL: a component keeps this level instead, e.g. vae_decoder=fp16 (or fp32/none).", rich_help_panel="Compression"),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
         json_out: bool = JsonOpt,
@@ -86,6 +88,7 @@ def _export_command(target_default: Optional[str]):
             minimum_deployment_target=minimum_deployment_target, compute_units=compute_units, force=force, steps=steps,
             command=shlex.join(["md-export", *sys.argv[1:]]),
             rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites),
+            quantize=_quantize_per_target(chosen, quantize, keep),
         )
         if loaded is not None:
             check_family(loaded, ckpt)
@@ -108,6 +111,26 @@ def _export_command(target_default: Optional[str]):
         raise typer.Exit(exit_code)
 
     return command
+
+
+def _quantize_per_target(targets, levels: list[str], keep: list[str]) -> dict[str, str]:
+    """--quantize LEVEL | COMPONENT=LEVEL and --keep COMPONENT=LEVEL -> ExportOptions.quantize."""
+    from ..compress import parse_level
+    from ..components import COMPONENT_ORDER
+
+    out: dict[str, str] = {}
+    for flag, items in (("--quantize", levels), ("--keep", keep)):
+        for item in items:
+            comp, sep, level = item.partition("=") if "=" in item and not item.startswith("mixed:") else ("", "", item)
+            if flag == "--keep" and not sep:
+                raise InputError(f"--keep {item}: use COMPONENT=LEVEL, e.g. vae_decoder=fp16")
+            if comp and comp not in COMPONENT_ORDER:
+                raise InputError(f"{flag} {item}: unknown component '{comp}' (use {', '.join(COMPONENT_ORDER)})")
+            for t in targets:
+                if level.strip().lower() not in ("none", "fp32") or t == "coreml":
+                    parse_level(t, level) if level.strip().lower() != "none" else None
+                out[f"{t}:{comp}" if comp else t] = "none" if (level in ("fp32",) and t != "coreml") else level
+    return out
 
 
 def _rewrites_per_target(targets, requested: list[str], no_defaults: bool) -> dict[str, list[str]]:
