@@ -34,14 +34,17 @@ class OnnxBackend:
                 dynamo=True,
                 verbose=False,
             )
-            if options.precision == "fp16":
-                program = _to_fp16(program)
             weights = sum(p.numel() * p.element_size() for p in component.module.parameters())
             external = weights > EXTERNAL_DATA_OVER
             program.save(str(path), external_data=external)
         except Exception as e:
             raise ConversionError(f"onnx: cannot convert component '{component.name}': {first_line(e)}") from e
-        return LoweredModel(component.name, path, options.precision, notes=["external data"] if external else [])
+        lowered = LoweredModel(component.name, path, "fp32", notes=["external data"] if external else [])
+        if options.precision == "fp16":  # fp16 weights and compute, fp32 graph inputs/outputs
+            from ..compress import compress
+
+            lowered = compress("onnx", lowered, component, "fp16", {})
+        return lowered
 
     def load(self, path: Path, entry: dict) -> Runner:
         ort = require("onnxruntime", "onnx")
@@ -63,10 +66,6 @@ class OnnxBackend:
 
 def _np_dtype(onnx_type: str):
     return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}[onnx_type]
-
-
-def _to_fp16(program):
-    raise ConversionError("onnx: fp16 export is not implemented yet; use --precision fp32")
 
 
 BACKEND = OnnxBackend()

@@ -45,14 +45,19 @@ class TFLiteBackend:
         # litert-torch exports the module itself (it cannot take a lifted ExportedProgram back in):
         # hand it the same wrapped module and the same example inputs the capture used.
         module = _NamedIO(component.module, names_in, names_out).eval()
-        if options.precision != "fp32":
-            raise ConversionError(f"tflite: precision {options.precision} is not implemented yet; use --precision fp32")
+        if options.precision not in ("fp32", "fp16"):
+            raise ConversionError(f"tflite: precision {options.precision} is not one of fp32, fp16")
         try:
             edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert()
             edge.export(str(path))
         except Exception as e:
             raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
-        return LoweredModel(component.name, path, options.precision, signature=component.name)
+        lowered = LoweredModel(component.name, path, "fp32", signature=component.name)
+        if options.precision == "fp16":  # fp16 weights (ai-edge-quantizer float casting); GPU delegates compute in fp16
+            from ..compress import compress
+
+            lowered = compress("tflite", lowered, component, "fp16", {})
+        return lowered
 
     def load(self, path: Path, entry: dict) -> Runner:
         require("ai_edge_litert", "tflite")
