@@ -93,7 +93,7 @@ def test_corrupted_weight_fails_check(target, bundle_copy, capsys):
     manifest = json.loads((bundle / "manifest.json").read_text())
     te = Checkpoint.open(None).load_text_encoder()
     # the first MLP weight of the text encoder: a plain [out, in] matrix in every format
-    weight = te.text_model.encoder.layers[0].mlp.fc1.weight.detach().numpy()
+    weight = next(p for n, p in te.named_parameters() if n.endswith("layers.0.mlp.fc1.weight")).detach().numpy()
     n = _negate_tensor_bytes(bundle / manifest["models"]["text_encoder"]["file"], weight)
     assert n >= 1, f"weight bytes not found in the {target} artifact"
     code = main(["check", str(bundle), "--no-e2e", "--samples", "1", "-q"])
