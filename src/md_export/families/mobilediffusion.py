@@ -331,6 +331,11 @@ class MobileDiffusionUNet(nn.Module):
         if not weights.is_file():
             raise InputError(f"{weights}: missing (MobileDiffusion UNets load from safetensors only)")
         state = load_file(str(weights))
+        own = model.state_dict()
+        bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if bad:
+            raise InputError(f"{weights}: weights do not fit the config ({bad[0]}: {tuple(state[bad[0]].shape)} in the file, "
+                             f"{tuple(own[bad[0]].shape)} in the model; {len(bad)} such tensors)")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
