@@ -51,6 +51,11 @@ def awkward_tflite(tmp_path_factory):
     return _lower(Awkward(), "tflite", tmp_path_factory.mktemp("lint"))
 
 
+@pytest.fixture(scope="module")
+def plain_tflite(tmp_path_factory):
+    return _lower(Plain(), "tflite", tmp_path_factory.mktemp("lint"))
+
+
 def test_tflite_rank5_and_broadcast_are_found(awkward_tflite):
     r = lint_tflite(awkward_tflite)
     kinds = {(f["kind"], f["op"]) for f in r["findings"]}
@@ -60,8 +65,8 @@ def test_tflite_rank5_and_broadcast_are_found(awkward_tflite):
         assert ("op", "BROADCAST_TO") in kinds
 
 
-def test_tflite_plain_conv_is_clean(tmp_path):
-    r = lint_tflite(_lower(Plain(), "tflite", tmp_path))
+def test_tflite_plain_conv_is_clean(plain_tflite):
+    r = lint_tflite(plain_tflite)
     assert r["findings"] == [] and r["histogram"]["CONV_2D"] == 1
 
 
@@ -85,7 +90,7 @@ def test_module_of_reads_litert_tensor_names():
     assert module_of("linear_3") is None
 
 
-def test_lint_command_strict_and_json(tmp_path, awkward_tflite):
+def test_lint_command_strict_and_json(tmp_path, awkward_tflite, plain_tflite):
     import shutil
 
     from md_export.bundle import write_json
@@ -99,7 +104,7 @@ def test_lint_command_strict_and_json(tmp_path, awkward_tflite):
     assert main(["lint", str(bundle), "--strict"]) == 1
     clean = tmp_path / "clean" / "tflite"
     clean.mkdir(parents=True)
-    shutil.copy(_lower(Plain(), "tflite", tmp_path), clean / "unet.tflite")
+    shutil.copy(plain_tflite, clean / "unet.tflite")
     write_json(clean / "manifest.json", {"schema_version": 1, "target": "tflite", "pipeline": {}, "models": {"unet": {"file": "unet.tflite"}}})
     assert main(["lint", str(clean), "--strict"]) == 0
 

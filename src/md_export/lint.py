@@ -163,9 +163,7 @@ ANE_REJECTED = {
     "random_categorical": "runs on the CPU",
     "non_zero": "dynamic output shape",
     "band_part": "falls back off the Neural Engine",
-    "einsum": "only some einsum equations run on the Neural Engine",
 }
-ANE_OK_EINSUM = {"bchq,bkhc->bkhq", "bkhq,bchk->bchq", "nchw,nwhu->nchu", "nchw,nhwu->nchu"}
 ANE_MAX_DIM = 16384
 ANE_MAX_RANK = 5
 _NO_COMPUTE = {"const", "cast", "constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
@@ -206,15 +204,7 @@ def lint_coreml(path: Path) -> dict:
     for op in walk(block):
         opname = op.attributes["name"].immediateValue.tensor.strings.values[0] if "name" in op.attributes else ""
         if op.type in ANE_REJECTED:
-            why = ANE_REJECTED[op.type]
-            if op.type == "einsum":
-                eq = _einsum_equation(op)
-                if eq in ANE_OK_EINSUM:
-                    why = ""
-                else:
-                    why = f"einsum '{eq}' is not one of the Neural Engine's patterns"
-            if why:
-                findings.append({"kind": "op", "op": op.type, "where": opname, "why": f"Neural Engine: {why}"})
+            findings.append({"kind": "op", "op": op.type, "where": opname, "why": f"Neural Engine: {ANE_REJECTED[op.type]}"})
         if op.type in _NO_COMPUTE:
             continue
         for out in op.outputs:
@@ -233,19 +223,12 @@ def lint_coreml(path: Path) -> dict:
                 findings.append({"kind": "shape", "op": op.type, "where": opname, "why": f"dynamic shape {dims}"})
     for op_type, n in fp32_ops.most_common():
         findings.append({"kind": "dtype", "op": op_type, "where": f"{n} op(s)", "why": "fp32 compute: the Neural Engine runs fp16 only (export with --precision fp16)"})
+    notes = []
+    if hist.get("transpose"):
+        notes.append({"op": "transpose", "where": f"{hist['transpose']} op(s)",
+                      "note": "each is a copy on the Neural Engine; the (B, C, 1, S) rewrites (attention=split-einsum, linear-to-conv, layernorm-channels) remove most"})
     return {"ops": sum(v for k, v in hist.items() if k != "const"), "histogram": {k: v for k, v in hist.most_common() if k != "const"},
-            "findings": findings, "notes": [], "accelerator": "Core ML Neural Engine"}
-
-
-def _einsum_equation(op) -> str:
-    attr = op.inputs.get("equation")
-    if attr is None or not attr.arguments:
-        return "?"
-    arg = attr.arguments[0]
-    if arg.HasField("value"):
-        strings = arg.value.immediateValue.tensor.strings.values
-        return strings[0] if strings else "?"
-    return "?"
+            "findings": findings, "notes": notes, "accelerator": "Core ML Neural Engine"}
 
 
 # -- ONNX ---------------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ register(Rewrite(
     softmax_fp32, "diffusers Attention, CLIPAttention", "no attention to change", order=70))
 
 
-set_defaults("coreml", ())
-set_defaults("tflite", ())
+# Defaults: each keeps numerics and passed `md-export check` on the default model (Core ML fp16:
+# UNet 53.1 dB with the set vs 53.2 dB without; TFLite: UNet 129 dB, text encoder 141 dB).
+set_defaults("coreml", ("attention=split-einsum", "linear-to-conv", "layernorm-channels", "text-causal-mask"))
+set_defaults("tflite", ("gpu-composites",))
 set_defaults("onnx", ())
