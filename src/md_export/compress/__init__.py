@@ -168,8 +168,10 @@ def compress(target: str, lowered: LoweredModel, component: ComponentPlan, level
     result.compression = lv.text
     result.size = report.to_json()
     result.size["level"] = lv.text
-    if lv.kind in ("fp16", "fp32"):
-        result.compression = lv.text
+    left = [(name, n, stored) for name, n, stored, _ in inventory(target, result.path)
+            if stored > report.bits + 0.5 and n >= max(4096, params // 100)]
+    if left:  # never leave a sizeable tensor uncompressed without saying so
+        result.notes.append("left uncompressed: " + ", ".join(f"{name} ({n} params, {stored:g}-bit)" for name, n, stored in left))
     return result
 
 
@@ -189,7 +191,25 @@ def _impl(target: str):
     return apply
 
 
-LEVELS = {t: list(EXAMPLES[t].split(", ")) for t in EXAMPLES}
+class _TargetLevels(list):
+    """The example levels of a target; `in` accepts every level parse_level accepts."""
+
+    def __init__(self, target: str):
+        super().__init__(EXAMPLES[target].split(", "))
+        self.target = target
+
+    def __contains__(self, level) -> bool:
+        try:
+            parse_level(self.target, str(level))
+            return True
+        except Exception:
+            return False
+
+    def get(self, level, default=None):
+        return level if level in self else default
+
+
+LEVELS = {t: _TargetLevels(t) for t in EXAMPLES}
 
 
 def ideal_bytes(module, precision: str) -> int:

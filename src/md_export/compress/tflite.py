@@ -28,9 +28,10 @@ WEIGHT_OPS = {
     "TRANSPOSE_CONV": (1, 0),
     "EMBEDDING_LOOKUP": (1, 0),
     "BATCH_MATMUL": (1, None),
+    "GATHER": (0, 0),  # embedding tables as litert-torch writes them; AEQ has no GATHER weights
 }
 OP_CLASSES = {"fc": ("FULLY_CONNECTED", "BATCH_MATMUL"), "conv": ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV"),
-              "embedding": ("EMBEDDING_LOOKUP",)}
+              "embedding": ("EMBEDDING_LOOKUP", "GATHER")}
 
 
 @dataclass
@@ -132,7 +133,7 @@ _AEQ_OP = {"TRANSPOSE_CONV": "CONV_2D_TRANSPOSE"}
 
 
 def quantize_file(src: Path, dest: Path, recipe: list[dict], calibration: dict | None = None,
-                  big_kind: str | None = "int8") -> dict:
+                  big_kind: str | None = "int8", gather_int8: bool = False) -> dict:
     """Run AEQ with `recipe` on `src`, excluding ops whose weight is over AEQ's 32 MiB limit, then
     quantize those with md-export's own int8 (when big_kind is int8; otherwise keep them float).
     Returns what happened: {"aeq_ops": n, "own_int8": [names], "kept_float": [names]}."""
@@ -140,7 +141,7 @@ def quantize_file(src: Path, dest: Path, recipe: list[dict], calibration: dict |
 
     model = read(src)
     wops = weight_ops(model)
-    big = [w for w in wops if w.nbytes > AEQ_LIMIT_BYTES] if big_kind != "skip" else []
+    big = [w for w in wops if w.nbytes > AEQ_LIMIT_BYTES and w.op != "GATHER"] if big_kind != "skip" else []
     full = list(recipe) + [r for w in big for r in rule("none", "^" + re.escape(w.scope) + "$")]
     q = quantizer.Quantizer(str(src), full)
     calib = None
@@ -152,10 +153,18 @@ def quantize_file(src: Path, dest: Path, recipe: list[dict], calibration: dict |
     result = q.quantize(calib, enable_progress_report=False)
     data = result.quantized_model
     info = {"own_int8": [], "kept_float": []}
-    if big and big_kind == "int8":
+    tables = []
+    if big_kind == "int8" or gather_int8:
+        # embedding tables (GATHER) that AEQ cannot quantize, when the level quantizes embeddings
         model = _fbu().read_model_from_bytearray(data)
-        info["own_int8"] = quantize_weights_int8(model, [w.name for w in big])
+        tables = [w.name for w in weight_ops(model) if w.op in ("GATHER", "EMBEDDING_LOOKUP") and w.nbytes >= 16 * 1024] if gather_int8 else []
+    if (big and big_kind == "int8") or tables:
+        model = _fbu().read_model_from_bytearray(data)
+        names = list(dict.fromkeys(([w.name for w in big] if big_kind == "int8" else []) + tables))
+        info["own_int8"] = quantize_weights_int8(model, names)
         data = _fbu().convert_object_to_bytearray(model)
+        if big_kind != "int8" and big:
+            info["kept_float"] = [w.name for w in big]
     elif big:
         info["kept_float"] = [w.name for w in big]
     tmp = dest.with_suffix(".tmp")
@@ -307,11 +316,14 @@ def apply(lowered, component, level, context: dict):
         calibration = {lowered.signature or component.name: feeds}
     big_kind = "int8" if level.kind in ("int8", "int4", "int4-block", "w8a8") or \
         (level.kind == "mixed" and any(lvl in ("int8", "int4") for _, lvl in level.rules)) else None
+    gather = level.kind in ("int8", "int4", "int4-block", "w8a8") or \
+        (level.kind == "mixed" and any(c == "embedding" and lvl in ("int8", "int4") for c, lvl in level.rules))
     info = quantize_file(lowered.path, lowered.path, recipe_for(level), calibration,
-                         big_kind=big_kind if level.kind != "fp16" else "skip")
+                         big_kind=big_kind if level.kind != "fp16" else "skip", gather_int8=gather)
     if info["own_int8"]:
-        notes.append(f"{len(info['own_int8'])} weight tensors over 32 MiB quantized to int8 per channel by md-export "
-                     f"(ai-edge-quantizer 0.10.0 crashes on them): {', '.join(info['own_int8'])}")
+        notes.append(f"{len(info['own_int8'])} weight tensors quantized to int8 per channel by md-export (over 32 MiB, "
+                     f"where ai-edge-quantizer 0.10.0 crashes, or GATHER embedding tables it does not quantize): "
+                     f"{', '.join(info['own_int8'])}")
     if info["kept_float"]:
         notes.append(f"{len(info['kept_float'])} weight tensors over 32 MiB left float: {', '.join(info['kept_float'])}")
     if level.kind == "int4-block":
