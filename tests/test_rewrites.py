@@ -196,6 +196,17 @@ def test_neural_engine_set_coreml_parity(tmp_path, attention, monkeypatch):
     assert hist.get("linear", 0) == 0 and hist["conv"] >= 10
 
 
+def test_gpu_composites_vae_attention_group_norm_is_a_composite(tmp_path):
+    from md_export.lint import lint_tflite
+
+    plan = ComponentPlan("vae_decoder", [TensorSpec("sample", (1, 16, 4, 4), "float32", "NCHW")], [TensorSpec("out", (1, 16, 4, 4), "float32", "NCHW")],
+                         VAEAttention().eval())
+    ref, out, rec, path = roundtrip(plan, "tflite", ["gpu-composites"], tmp_path)
+    assert psnr(ref, out) > 70
+    report = lint_tflite(path)
+    assert report["histogram"].get("composite:odml.group_norm") == 1 and not report["findings"], report
+
+
 def test_neural_engine_set_fp16_coreml_and_vae_attention(tmp_path):
     plan = ComponentPlan("vae_decoder", [TensorSpec("sample", (1, 16, 4, 4), "float32", "NCHW")], [TensorSpec("out", (1, 16, 4, 4), "float32", "NCHW")],
                          VAEAttention().eval())

@@ -327,4 +327,4 @@ def render_lint(output, data: list[dict]) -> None:
             output.print(ft)
         for name, m in b["models"].items():
             for note in m.get("notes", []):
-                output.print(f"[cyan]note[/] {name}: {note['op']} ({note['where']}): {note['note']}")
+                output.print(f"[cyan]note[/] {name}: {note['op']} ({module_of(note['where']) or note['where']}): {note['note']}")

@@ -163,8 +163,10 @@ class OdmlAttnProcessor:
         four_d = hidden_states.ndim == 4
         if four_d:
             b, c, h, w = hidden_states.shape
+            if attn.group_norm is not None:  # on (B, C, H, W): lowered as odml.group_norm, same statistics
+                hidden_states = attn.group_norm(hidden_states)
             hidden_states = hidden_states.reshape(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
+        elif attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
