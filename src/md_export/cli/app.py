@@ -92,9 +92,8 @@ def _export_command(target_default: Optional[str]):
         )
         if loaded is not None:
             check_family(loaded, ckpt)
-            from click.core import ParameterSource
-
-            given = {k for k in ctx.params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+            sources = {k: ctx.get_parameter_source(k) for k in ctx.params}  # typer vendors click: compare by name
+            given = {k for k, src in sources.items() if getattr(src, "name", "") == "COMMANDLINE"}
             options = apply_recipe(loaded, options, given, targets_fixed=target_default is not None)
             chosen = options.targets
         output.print(f"[bold]md-export[/] {ckpt.describe()} -> {', '.join(str(out / t) for t in chosen)}")
