@@ -20,6 +20,7 @@ from .families import source_extras
 from .progress import Progress
 from .recipe import validate_names, with_family_defaults
 from .rewrites import apply_rewrites
+from .rewrites import lowering_extra as rewrite_lowering_extra
 from .rewrites import lowering_scope as rewrite_lowering_scope
 from .rewrites import resolve as resolve_rewrites
 
@@ -87,6 +88,7 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
         precision = options.precision.get(target, backend.default_precision)
         lower_opts = LowerOptions(precision, options.minimum_deployment_target, options.compute_units)
         rewrite_names = resolve_rewrites(target, options.rewrites.get(target))
+        lower_opts.extra.update(rewrite_lowering_extra(rewrite_names))
         components, rewrite_records = _variant(plan, rewrite_names, target, variants, progress)
         with atomic_folder(options.out / target, options.force) as tmp:
             models = {}
