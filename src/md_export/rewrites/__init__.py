@@ -33,6 +33,7 @@ class Rewrite:
     no_match: str = ""  # why it can match nothing (the error's reason)
     order: int = 100  # rewrites run in this order, whatever order they were asked for in
     lowering: Callable[[], ContextManager] | None = None  # a scope around the backend's lowering
+    lowering_extra: tuple[tuple[str, tuple[str, ...]], ...] = ()  # merged into LowerOptions.extra (backend hints)
 
     @property
     def family(self) -> str:
@@ -140,6 +141,18 @@ def lowering_scope(names: list[str]):
             if rw is not None and rw.lowering is not None:
                 stack.enter_context(rw.lowering())
         yield
+
+
+def lowering_extra(names: list[str]) -> dict[str, list[str]]:
+    """Backend hints from the rewrites, e.g. {"fp32_ops": ["softmax"]} from softmax-fp32 (a Core
+    ML backend keeps those ops out of its fp16 compute-precision pass)."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        rw = REGISTRY.get(n)
+        for key, values in (rw.lowering_extra if rw else ()):
+            out.setdefault(key, [])
+            out[key] += [v for v in values if v not in out[key]]
+    return out
 
 
 def listing() -> list[dict]:

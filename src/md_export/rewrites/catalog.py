@@ -116,8 +116,9 @@ register(Rewrite(
 register(Rewrite(
     "softmax-fp32", ALL, False,
     "Attention softmax in fp32 inside an fp16 graph (diffusers attention gets md-export's processor; CLIP "
-    "attention its causal-mask module).",
-    softmax_fp32, "diffusers Attention, CLIPAttention", "no attention to change", order=70))
+    "attention its causal-mask module); asks the backend to keep softmax out of fp16 (LowerOptions.extra['fp32_ops']).",
+    softmax_fp32, "diffusers Attention, CLIPAttention", "no attention to change", order=70,
+    lowering_extra=(("fp32_ops", ("softmax",)),)))
 
 
 # Defaults: each keeps numerics and passed `md-export check` on the default model (Core ML fp16:
