@@ -87,7 +87,7 @@ def _export_command(target_default: Optional[str]):
             precision={t: precision for t in chosen} if precision else {},
             minimum_deployment_target=minimum_deployment_target, compute_units=compute_units, force=force, steps=steps,
             command=shlex.join(["md-export", *sys.argv[1:]]),
-            rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites),
+            rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites, loaded),
             quantize=_quantize_per_target(chosen, quantize, keep),
         )
         if loaded is not None:
@@ -132,14 +132,26 @@ def _quantize_per_target(targets, levels: list[str], keep: list[str]) -> dict[st
     return out
 
 
-def _rewrites_per_target(targets, requested: list[str], no_defaults: bool) -> dict[str, list[str]]:
-    """--rewrite NAME goes to each chosen target it is for (an error if it is for none of them)."""
+def _rewrites_per_target(targets, requested: list[str], no_defaults: bool, recipe=None) -> dict[str, list[str]]:
+    """--rewrite NAME goes to each chosen target it is for (an error if it is for none of them),
+    on top of the target's defaults (or, with a recipe that lists rewrites, of its list: the
+    recipe merges); nothing given = absent = the defaults or the recipe's list."""
     from ..rewrites import choose, get
 
+    if not requested and not no_defaults:
+        return {}
     for n in requested:
         if not set(get(n).targets) & set(targets):
             raise InputError(f"--rewrite {n}: it is for {', '.join(get(n).targets)}, not {', '.join(targets)}")
-    return {t: choose(t, [n for n in requested if t in get(n).targets], defaults=not no_defaults) for t in targets}
+    out = {}
+    for t in targets:
+        mine = [n for n in requested if t in get(n).targets]
+        tr = recipe.target.get(t) if recipe is not None else None
+        if tr is not None and tr.rewrites is not None and not no_defaults:
+            out[t] = choose(t, mine, defaults=False)  # apply_recipe puts the recipe's list first
+        else:
+            out[t] = choose(t, mine, defaults=not no_defaults)
+    return out
 
 
 def _check_after_export(bundles, output: Output, summary: dict) -> int:
