@@ -145,8 +145,11 @@ def test_run_order_is_the_registry_order_not_the_request_order():
 def test_requested_rewrite_matching_nothing_is_an_error_with_the_reason():
     with pytest.raises(InputError, match="linear-to-conv"):
         R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["layernorm-channels"], "coreml")
-    with pytest.raises(InputError, match="matched nothing"):
-        R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["gpu-composites"], "tflite")
+    with pytest.raises(InputError, match="matched nothing.*no exact GELU"):
+        R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["gelu-tanh"], "tflite")
+    # a target's default that does not apply to a model is recorded as changing nothing
+    assert R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["gpu-composites"], "tflite") == [
+        {"name": "gpu-composites", "keeps_numerics": True, "changed": {}}]
 
 
 def test_lowering_scope_sets_the_group_norm_flag_only_inside():
@@ -333,6 +336,9 @@ def test_cli_rewrite_options_reach_export_options():
     assert got["coreml"][0] == "attention=original" and "linear-to-conv" in got["coreml"]
     assert got["tflite"] == ["gpu-composites"] and got["onnx"] == []
     assert _rewrites_per_target(("tflite",), [], True) == {"tflite": []}
+    assert _rewrites_per_target(("coreml", "tflite"), [], False) == {}  # absent: defaults (or a recipe's lists)
+    assert R.resolve("coreml", ["attention=original", "linear-to-conv", "attention=split-einsum-v2"]) == [
+        "attention=split-einsum-v2", "linear-to-conv"]  # recipe list then command line: the later alternative wins
     assert _rewrites_per_target(("onnx",), ["gelu-tanh"], True) == {"onnx": ["gelu-tanh"]}
     with pytest.raises(InputError, match="not onnx"):
         _rewrites_per_target(("onnx",), ["gpu-composites"], False)

@@ -107,11 +107,14 @@ def choose(target: str, requested: list[str] | None = None, defaults: bool = Tru
 def resolve(target: str, requested: list[str] | None) -> list[str]:
     """The rewrites to run for a target, in run order: the requested ones, or the defaults."""
     names = list(DEFAULTS.get(target, ())) if requested is None else list(requested)
-    for n in names:
+    by_family: dict[str, str] = {}
+    for n in names:  # of alternatives (attention=...), the later one wins: a recipe's list, then the command line
         rw = get(n)
         if target not in rw.targets:
             raise InputError(f"rewrite '{n}' is for {', '.join(rw.targets)}, not {target}")
-    return _ordered(names)
+        by_family.pop(rw.family, None)
+        by_family[rw.family] = n
+    return _ordered(list(by_family.values()))
 
 
 def apply_rewrites(modules: dict[str, nn.Module], names: list[str], target: str) -> list[dict]:
