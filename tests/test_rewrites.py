@@ -148,7 +148,9 @@ def test_requested_rewrite_matching_nothing_is_an_error_with_the_reason():
     with pytest.raises(InputError, match="matched nothing.*no exact GELU"):
         R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["gelu-tanh"], "tflite")
     # a target's default that does not apply to a model is recorded as changing nothing
-    assert R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["gpu-composites"], "tflite") == [
+    with pytest.raises(InputError, match="gpu-composites"):  # asked for by name
+        R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, ["gpu-composites"], "tflite")
+    assert R.apply_rewrites({"unet": nn.Sequential(nn.Conv2d(4, 4, 1))}, R.resolve("tflite", None), "tflite") == [
         {"name": "gpu-composites", "keeps_numerics": True, "changed": {}}]
 
 

@@ -82,8 +82,17 @@ def get(name: str) -> Rewrite:
     raise UnknownNameError("rewrite", name, REGISTRY)
 
 
-def _ordered(names: list[str]) -> list[str]:
-    return sorted(dict.fromkeys(names), key=lambda n: (REGISTRY[n].order, n))
+class RewriteList(list):
+    """Rewrite names in run order; ``implicit`` holds the ones that came from a target's defaults
+    rather than a request (a default that matches nothing is recorded, a request is an error)."""
+
+    implicit: frozenset = frozenset()
+
+
+def _ordered(names: list[str], implicit=()) -> RewriteList:
+    out = RewriteList(sorted(dict.fromkeys(names), key=lambda n: (REGISTRY[n].order, n)))
+    out.implicit = frozenset(n for n in implicit if n in out)
+    return out
 
 
 def choose(target: str, requested: list[str] | None = None, defaults: bool = True) -> list[str]:
@@ -101,12 +110,13 @@ def choose(target: str, requested: list[str] | None = None, defaults: bool = Tru
             raise InputError(f"rewrites '{families[fam]}' and '{n}' are alternatives; ask for one")
         families[fam] = n
     base = [n for n in DEFAULTS.get(target, ()) if REGISTRY[n].family not in families] if defaults else []
-    return _ordered(base + requested)
+    return _ordered(base + requested, implicit=[n for n in base if n not in requested])
 
 
 def resolve(target: str, requested: list[str] | None) -> list[str]:
     """The rewrites to run for a target, in run order: the requested ones, or the defaults."""
     names = list(DEFAULTS.get(target, ())) if requested is None else list(requested)
+    implicit = names if requested is None else getattr(requested, "implicit", ())
     by_family: dict[str, str] = {}
     for n in names:  # of alternatives (attention=...), the later one wins: a recipe's list, then the command line
         rw = get(n)
@@ -114,20 +124,21 @@ def resolve(target: str, requested: list[str] | None) -> list[str]:
             raise InputError(f"rewrite '{n}' is for {', '.join(rw.targets)}, not {target}")
         by_family.pop(rw.family, None)
         by_family[rw.family] = n
-    return _ordered(list(by_family.values()))
+    return _ordered(list(by_family.values()), implicit)
 
 
 def apply_rewrites(modules: dict[str, nn.Module], names: list[str], target: str) -> list[dict]:
     """Apply each rewrite to every component, in run order; return one record per rewrite.
 
-    A rewrite that matches nothing is an error, unless it is one of the target's defaults (a
-    default that does not apply to this model is recorded with changed = {})."""
+    A requested rewrite that matches nothing is an error; one that came from the target's
+    defaults (``names.implicit``) and does not apply to this model is recorded with changed = {}."""
     records = []
+    implicit = getattr(names, "implicit", frozenset())
     for n in resolve(target, names):
         rw = REGISTRY[n]
         counts = {comp: int(rw.apply(comp, m)) for comp, m in modules.items()}
         total = sum(counts.values())
-        if total == 0 and n not in DEFAULTS.get(target, ()):
+        if total == 0 and n not in implicit:
             why = f": {rw.no_match}" if rw.no_match else ""
             raise InputError(f"rewrite '{n}' matched nothing in {', '.join(modules)} for {target}{why}")
         records.append({"name": n, "keeps_numerics": rw.keeps_numerics, "changed": {k: v for k, v in counts.items() if v}})
