@@ -102,9 +102,12 @@ def _old_diffusers_name(name: str) -> str:
 def fuse_lora_into(model: nn.Module, modules: dict[str, dict[str, torch.Tensor]], scale: float, source: str) -> int:
     """Fuse one file's modules for one component into `model`; returns how many layers changed."""
     table = _targets(model)
-    if any(k.startswith("text_model.") for k in table) and not any(k.startswith("text_model") for k in modules):
-        table.update({k[len("text_model."):]: v for k, v in table.items() if k.startswith("text_model.")})
-        table.update({k[len("text_model_"):]: v for k, v in table.items() if k.startswith("text_model_")})
+    # CLIP text layers are named with or without "text_model." (transformers 5 dropped the wrapper)
+    for k, v in list(table.items()):
+        if k.startswith("text_model.") or k.startswith("text_model_"):
+            table.setdefault(k[len("text_model."):], v)
+        elif not k.startswith("text_model") and any(k.startswith(p) for p in ("embeddings", "encoder", "final_layer_norm")):
+            table.setdefault(("text_model." if "." in k else "text_model_") + k, v)
     changed = 0
     for name, parts in modules.items():
         layer = table.get(name) or table.get(_old_diffusers_name(name))

@@ -254,6 +254,8 @@ def _convert_components(state: dict, folder: Path, source: Path) -> None:
     if not sd:
         raise InputError(f"{source}: no text encoder weights (cond_stage_model.*)")
     own = text.state_dict()
+    if not any(k.startswith("text_model.") for k in own):  # transformers 5: no text_model wrapper
+        sd = {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if k in own}
     missing = [k for k in own if k not in sd and not k.endswith("position_ids")]
     if missing:
@@ -364,5 +366,6 @@ def to_ldm_state_dict(unet, vae, text_encoder) -> dict:
     sd = {}
     sd.update(_unet_to_ldm(unet))
     sd.update(_vae_to_ldm(vae))
-    sd.update({CLIP_PREFIX + k: v for k, v in text_encoder.state_dict().items()})
+    sd.update({CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v
+               for k, v in text_encoder.state_dict().items()})
     return {k: v.detach().contiguous().clone() for k, v in sd.items()}
