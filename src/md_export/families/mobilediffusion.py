@@ -276,6 +276,14 @@ class MobileDiffusionUNet(nn.Module):
         self.norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
+    @property
+    def dtype(self) -> torch.dtype:  # what diffusers pipelines read off their UNet
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
     def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, return_dict: bool = True, **_):
         b = sample.shape[0]
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], dtype=torch.float32)
