@@ -44,12 +44,21 @@ def test_missing_checkpoint_folder(capsys, tmp_path):
     assert_no_output(tmp_path / "out")
 
 
-def test_file_instead_of_folder(capsys, tmp_path):
-    f = tmp_path / "model.bin"
+def test_file_of_the_wrong_kind(capsys, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    code, _, err = run(capsys, "onnx", str(f), "-o", str(tmp_path / "out"))
+    assert code == 2
+    assert_one_line_error(err, str(f), "unknown checkpoint file type", ".safetensors")
+    assert_no_output(tmp_path / "out")
+
+
+def test_pickle_file_refused_without_flag(capsys, tmp_path):
+    f = tmp_path / "model.ckpt"
     f.write_bytes(b"x")
     code, _, err = run(capsys, "onnx", str(f), "-o", str(tmp_path / "out"))
     assert code == 2
-    assert_one_line_error(err, str(f), "diffusers pipeline folder")
+    assert_one_line_error(err, str(f), "--allow-pickle")
 
 
 def test_folder_without_model_index(capsys, tmp_path):
