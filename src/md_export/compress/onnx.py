@@ -169,13 +169,43 @@ def inventory(path: Path) -> list[tuple[str, int, float]]:
     return out
 
 
+FP16_SAFE = 2.0**14  # a quarter of fp16's max (65504): room for the sums that follow a layer
+
+
+def fp16_guard_nodes(path: Path, component, context: dict) -> tuple[list[str], list[str]]:
+    """The fp16 overflow way through: layers whose fp32 outputs (torch reference, recorded or
+    example inputs) come near fp16's range, and the nodes of their parent blocks, kept fp32."""
+    from ..calibration import calibration_feeds, output_peaks
+
+    if component.module is None:
+        return [], []
+    if context.get("plan") is not None and context.get("checkpoint") is not None:
+        feeds = calibration_feeds(component, context, limit=4)
+    else:
+        feeds = [{s.name: t.numpy() for s, t in zip(component.inputs, component.example_inputs(seed=i))} for i in range(2)]
+    peaks = output_peaks(component.module, feeds, [s.name for s in component.inputs])
+    hot = sorted(m for m, v in peaks.items() if v > FP16_SAFE)
+    if not hot:
+        return [], []
+    scopes = {m.rsplit(".", 1)[0] if "." in m else m for m in hot}
+    model = load(path)
+    nodes = []
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        names = meta.get("pkg.torch.onnx.name_scopes", "")
+        if any(f"'{s}'" in names for s in scopes):
+            nodes.append(node.name)
+    return hot, nodes
+
+
 def apply(lowered, component, level, context: dict):
     if level.kind == "fp16":
-        keep = context.get("fp16_keep_nodes", {}).get(component.name, []) if isinstance(context.get("fp16_keep_nodes"), dict) else []
+        hot, keep = fp16_guard_nodes(lowered.path, component, context)
         to_fp16(lowered.path, keep)
         lowered.precision = "fp16"
         if keep:
-            lowered.notes.append(f"{len(keep)} nodes kept fp32 (fp16 overflow): {', '.join(keep[:10])}")
+            lowered.notes.append(f"fp16 overflow guard: {len(keep)} nodes kept fp32 around {len(hot)} layers whose outputs "
+                                 f"exceed {FP16_SAFE:g} in fp32: {', '.join(hot[:8])}")
     elif level.kind == "int8":
         done = int8_weights(lowered.path)
         lowered.notes.append(f"int8 weights (per channel, symmetric, DequantizeLinear) on {len(done)} initializers")
