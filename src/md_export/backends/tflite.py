@@ -3,6 +3,7 @@ parity runs it with ai-edge-litert's interpreter (the kernels of Android's CPU p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,6 +32,26 @@ class _NamedIO(torch.nn.Module):
         return dict(zip(self.output_names, out))
 
 
+@contextlib.contextmanager
+def _litert_console_quiet():
+    """litert-torch prints every conversion stage on its own rich console; md-export shows its
+    own progress, so mute that console while converting (MD_EXPORT_DEBUG=1 keeps it)."""
+    try:
+        from litert_torch import progress as litert_progress
+    except ImportError:
+        yield
+        return
+    console = getattr(litert_progress, "console", None)
+    before = getattr(console, "quiet", False)
+    if console is not None and os.environ.get("MD_EXPORT_DEBUG", "") in ("", "0"):
+        console.quiet = True
+    try:
+        yield
+    finally:
+        if console is not None:
+            console.quiet = before
+
+
 class TFLiteBackend:
     name = "tflite"
     extension = ".tflite"
@@ -48,8 +69,9 @@ class TFLiteBackend:
         if options.precision not in ("fp32", "fp16"):
             raise ConversionError(f"tflite: precision {options.precision} is not one of fp32, fp16")
         try:
-            edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert()
-            edge.export(str(path))
+            with _litert_console_quiet():
+                edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert()
+                edge.export(str(path))
         except Exception as e:
             raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
         lowered = LoweredModel(component.name, path, "fp32", signature=component.name)
