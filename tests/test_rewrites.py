@@ -285,6 +285,7 @@ def test_softmax_fp32_is_recorded_and_exports(tmp_path):
     ref, out, rec, _ = roundtrip(plan, "coreml", ["softmax-fp32"], tmp_path, precision="fp16")
     assert rec[0]["keeps_numerics"] is False and rec[0]["changed"] == {"unet": 2}
     assert psnr(ref, out) > 40
+    assert R.lowering_extra(["softmax-fp32"]) == {"fp32_ops": ["softmax"]}  # the hint export.py hands the backend
 
 
 # -- mobile modules through every backend ---------------------------------------------------------------
