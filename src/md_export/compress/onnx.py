@@ -96,11 +96,11 @@ def int8_weights(path: Path, skip: set[str] | None = None, min_elements: int = 1
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-        qname, sname, zname = name + "_int8", name + "_scale", name + "_zero_point"
+        # symmetric: no zero point (DequantizeLinear's default 0, int8 from the data); short names
+        qname, sname = f"mdq/{len(done)}", f"mdq/{len(done)}/s"
         g.initializer.remove(init)
-        g.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname),
-                              numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), zname)])
-        new_nodes.append(helper.make_node("DequantizeLinear", [qname, sname, zname], [name], name=name + "_dequantize", axis=axis))
+        g.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname)])
+        new_nodes.append(helper.make_node("DequantizeLinear", [qname, sname], [name], axis=axis))
         done.append(name)
     for n in reversed(new_nodes):
         g.node.insert(0, n)
@@ -150,15 +150,20 @@ def inventory(path: Path) -> list[tuple[str, int, float]]:
     side = {}
     for init in model.graph.initializer:
         n = int(np.prod(init.dims)) if len(init.dims) else 1
-        if init.name.endswith(("_scale", "_zero_point")):
-            base = init.name.rsplit("_", 2 if init.name.endswith("_zero_point") else 1)[0]
-            side[base] = side.get(base, 0) + n * bits.get(init.data_type, 32) // 8
+        if init.name.endswith(("/s", "_scale", "_zero_point")):  # ours (mdq/N/s), and onnxruntime's QDQ names
+            base = init.name.removesuffix("/s")
+            side[base] = side.get(base, 0) + (init.ByteSize() if base.startswith("mdq/") else n * bits.get(init.data_type, 32) // 8)
+        elif init.name.startswith("mdq/"):  # framing of our int8 tensors
+            side[init.name] = side.get(init.name, 0) + init.ByteSize() - n
+    for node in model.graph.node:  # our DequantizeLinear nodes
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0].startswith("mdq/"):
+            side[node.input[0]] = side.get(node.input[0], 0) + node.ByteSize()
     for init in model.graph.initializer:
-        if init.data_type not in bits or init.name.endswith(("_scale", "_zero_point")):
+        if init.data_type not in bits or init.name.endswith(("/s", "_scale", "_zero_point")):
             continue
         n = int(np.prod(init.dims)) if len(init.dims) else 1
         if n > 1:
-            out.append((init.name, n, float(bits[init.data_type]), side.get(init.name.removesuffix("_int8"), 0)))
+            out.append((init.name, n, float(bits[init.data_type]), side.get(init.name, 0)))
     for node in model.graph.node:  # the dynamo exporter also stores weights as Constant nodes
         if node.op_type == "Constant":
             for a in node.attribute:
