@@ -38,6 +38,10 @@ class CoreMLBackend:
         precision = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}.get(options.precision)
         if precision is None:
             raise InputError(f"coreml: precision '{options.precision}' is not one of fp16, fp32")
+        keep_fp32 = set(options.extra.get("fp32_ops", ()))
+        if precision == ct.precision.FLOAT16 and keep_fp32:
+            # e.g. softmax-fp32: these op types stay in fp32 inside the fp16 program
+            precision = ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in keep_fp32)
         path = out_dir / f"{component.name}{self.extension}"
         try:
             decomposed = ep.run_decompositions({})
