@@ -104,3 +104,17 @@ def test_outputs_match_pytorch(default_export, reference, target, model):
 def test_manifest_is_strict_json(default_export):
     text = (default_export["onnx"].bundle / "manifest.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+@pytest.mark.parametrize("fp32_ops, expected", [((), np.float16), (("softmax",), np.float32)])
+def test_coreml_keeps_requested_ops_in_fp32(reference, tmp_path, fp32_ops, expected):
+    """The softmax-fp32 rewrite's hint reaches coremltools: softmax computes in fp32 inside fp16."""
+    from md_export.backends.base import LowerOptions
+    from md_export.capture import capture
+    from md_export.milrun import MilEvaluator
+
+    comp = reference.components["text_encoder"]
+    lowered = get_backend("coreml").lower(comp, capture(comp), tmp_path, LowerOptions("fp16", extra={"fp32_ops": fp32_ops}))
+    ev = MilEvaluator(lowered.path)
+    softmax = [s for s in ev._steps if s.op_type == "softmax"]
+    assert softmax and all(np.dtype(d) == expected for s in softmax for d in s.dtypes)
