@@ -229,7 +229,7 @@ def test_mobilediffusion_save_load_roundtrip(tmp_path):
 
 # -- exports: each family through its recipe's targets, with parity ----------------------------------------
 
-FAST = {"mobilediffusion": "onnx", "lcm": "onnx", "sd-turbo": "coreml"}  # the rest: -m slow
+FAST = {"mobilediffusion": "coreml", "lcm": "onnx", "bk-sdm-tiny": "tflite"}  # the rest: -m slow
 
 
 def _export_and_check(folder: Path, name: str, target: str, out: Path):
@@ -261,8 +261,24 @@ def test_family_exports_with_parity(tiny_ckpts, tmp_path, name, target):
     if name == "lcm":
         assert [i["name"] for i in m["models"]["unet"]["inputs"]][-1] == "timestep_cond"
         assert m["pipeline"]["guidance"] == "embedded"
-    if name == "sd-turbo":
-        assert m["pipeline"]["guidance"] == "none" and m["pipeline"]["default_steps"] == 1
+    if name == "bk-sdm-tiny":
+        assert len(m["models"]["unet"]["inputs"]) == 3
+
+
+@pytest.mark.parametrize("name,batch,guidance,steps", [("sd-turbo", 1, "none", 1), ("lcm", 1, "embedded", 4),
+                                                      ("sd15", 2, "cfg-batch2", 20), ("mobilediffusion", 2, "cfg-batch2", 8)])
+def test_family_defaults_reach_the_plan(tiny_ckpts, name, batch, guidance, steps):
+    from md_export.components import make_plan
+    from md_export.export import ExportOptions
+    from md_export.recipe import with_family_defaults
+
+    ck = Checkpoint.open(tiny_ckpts[name])
+    o = with_family_defaults(ck, ExportOptions())
+    plan = make_plan(ck, unet_batch=o.unet_batch)
+    pipe = plan.pipeline_json(ck, o.steps, o.scheduler)
+    assert (plan.unet_batch, pipe["guidance"], pipe["default_steps"]) == (batch, guidance, steps)
+    assert pipe["scheduler"] == get_family(name).scheduler
+    assert with_family_defaults(ck, ExportOptions(unet_batch=2, steps=9)).steps == 9
 
 
 @pytest.mark.slow
