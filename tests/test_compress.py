@@ -241,3 +241,19 @@ def test_onnx_fp16_overflow_guard_keeps_hot_blocks_fp32(monkeypatch, lowered, pl
     kept_fp32 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
     assert kept_fp32  # weights of the guarded blocks stay fp32
     assert psnr >= floor_for(COMPONENT, "fp16", {}, "fp16")
+
+
+@pytest.mark.slow
+def test_coreml_chunks_chain_to_the_whole(lowered, plan, tmp_path):
+    """Split the decoder under a small limit (as --chunk-unet splits a UNet under 1 GB) and check
+    the chained chunks against the whole in milrun."""
+    from md_export.bundle import path_bytes
+    from md_export.compress.chunk import check_chain, split
+
+    whole = lowered["coreml"].path
+    limit = int(path_bytes(whole) * 0.6)
+    chunks = split(whole, tmp_path / "chunks", limit=limit, name="Chunk")
+    assert len(chunks) >= 2 and all(path_bytes(c) <= limit for c in chunks)
+    comp = plan.components[COMPONENT]
+    feeds = [{s.name: a.numpy() for s, a in zip(comp.inputs, comp.example_inputs(seed=0))}]
+    assert check_chain(whole, chunks, feeds, comp.outputs[0].name) > 80
