@@ -56,7 +56,7 @@ def test_one_recipe_per_family_plus_mobile_ones():
     ios, android = load_recipe(REPO / "recipes" / "mobilediffusion-ios.toml"), load_recipe(REPO / "recipes" / "mobilediffusion-android.toml")
     assert ios.targets == ("coreml",) and ios.target["coreml"].compression == "palettize-6" and ios.target["coreml"].chunk_over_mb == 1000
     assert android.targets == ("tflite",) and "gpu-composites" in android.target["tflite"].rewrites
-    assert android.target["tflite"].compression == "int8-weights"
+    assert android.target["tflite"].compression == "int8"
 
 
 def test_bare_name_means_recipes_folder():
@@ -198,3 +198,22 @@ def test_cli_recipe_export_records_floors_and_check_uses_them(bk_tiny, tmp_path,
     assert report.summary()["status"] == "pass"
     over = check_bundle(out / "onnx", end_to_end=False, samples=1, thresholds={"all": 500.0})
     assert over.summary()["status"] == "fail" and {c.threshold_psnr for c in over.checks} == {500.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["mobilediffusion-ios", "mobilediffusion-android"])
+def test_shipping_mobilediffusion_recipes(tmp_path, recipe):
+    """The two shipping recipes on a tiny MobileDiffusion: compressed, and still within their floors."""
+    from md_export.checkpoint import Checkpoint
+    from md_export.export import export
+    from md_export.families.build import init_checkpoint
+    from md_export.parity.check import check_bundle
+
+    ck = Checkpoint.open(init_checkpoint("mobilediffusion", tmp_path / "ckpt"))
+    r = load_recipe(REPO / "recipes" / f"{recipe}.toml")
+    o = apply_recipe(r, ExportOptions(out=tmp_path / "out", height=128, width=128), given={"height", "width"})
+    (res,) = export(ck, o)
+    (t,) = r.targets
+    assert res.manifest["models"]["unet"]["compression"] != "none"
+    assert res.manifest["models"]["vae_decoder"]["compression"] == "none"
+    assert check_bundle(res.bundle, end_to_end=True, samples=1).summary()["status"] == "pass"
