@@ -28,7 +28,7 @@ app = typer.Typer(
 
 # -- shared options -----------------------------------------------------------------------------
 
-CheckpointArg = typer.Argument(None, help="A diffusers pipeline folder; omit for the bundled tiny default model.", show_default=False)
+CheckpointArg = typer.Argument(None, help="A diffusers pipeline folder, or a single-file .safetensors in the original LDM layout; omit for the bundled tiny default model.", show_default=False)
 OutOpt = typer.Option(Path("out"), "-o", "--out", help="Output folder; each target goes to OUT/<target>/.")
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
 QuietOpt = typer.Option(False, "-q", "--quiet", help="No progress or tables.")
