@@ -122,7 +122,10 @@ def rule(kind: str, regex: str = ".*", op: str = "*") -> list[dict]:
         return [_entry(regex, op, "min_max_uniform_quantize", _int_weight(4))]
     if kind.startswith("int4-block"):
         size = int(kind.removeprefix("int4-block"))
-        return [_entry(regex, op, "min_max_uniform_quantize", _int_weight(4, f"BLOCKWISE_{size}"))]
+        # AEQ has blockwise int4 only as dynamic-range quantization (integer compute, activations
+        # quantized at run time), not weight-only
+        return [_entry(regex, op, "min_max_uniform_quantize", _int_weight(4, f"BLOCKWISE_{size}"), compute="INTEGER",
+                       explicit_dequantize=False)]
     if kind == "w8a8":
         act = {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE", "dtype": "INT"}
         return [_entry(regex, op, "min_max_uniform_quantize", _int_weight(8), act, compute="INTEGER", explicit_dequantize=False)]
@@ -333,7 +336,8 @@ def apply(lowered, component, level, context: dict):
     if info["kept_float"]:
         notes.append(f"{len(info['kept_float'])} weight tensors over 32 MiB left float: {', '.join(info['kept_float'])}")
     if level.kind == "int4-block":
-        notes.append("int4 blockwise on fully-connected weights; conv weights int8 per channel (no blockwise conv kernels)")
+        notes.append("int4 blockwise (dynamic range: activations quantized at run time) on fully-connected weights; "
+                     "conv weights int8 per channel (no blockwise conv kernels)")
     lowered.notes = notes
     if level.kind == "fp16":
         lowered.precision = "fp16"
