@@ -51,7 +51,7 @@ def _config(op_cfg, op_types=WEIGHT_OP_TYPES, name_configs: dict | None = None):
                                   op_name_configs=name_configs or {})
 
 
-def int8_config(threshold: int = 1):
+def int8_config(threshold: int = 2048):
     import coremltools.optimize.coreml as cto
 
     return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
@@ -100,7 +100,7 @@ def lut_function(nbits: int) -> Callable:
     return fn
 
 
-def palettize_config(nbits: int, group_size: int | None = None, threshold: int = 1):
+def palettize_config(nbits: int, group_size: int | None = None, threshold: int = 2048):
     import coremltools.optimize.coreml as cto
 
     kw = dict(mode="custom", lut_function=lut_function(nbits), weight_threshold=threshold)
