@@ -23,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",  # keeps each example line of the help on its own line
 )
 
 # -- shared options -----------------------------------------------------------------------------
@@ -169,12 +169,13 @@ def _check_after_export(bundles, output: Output, summary: dict) -> int:
 
 
 EXAMPLES_EXPORT = """
+
 Examples:
 
-    md-export export                                   # the bundled tiny default model, all three formats
+    md-export export       (the bundled tiny default model, all three formats)
     md-export export ./ckpt -o out/ --targets coreml,tflite,onnx
     md-export export ./ckpt --recipe recipes/mobilediffusion-ios.toml -o out/
-    md-export export model.safetensors --family sd15          # single file, original LDM key layout
+    md-export export model.safetensors --family sd15
     md-export export ./ckpt --lora style.safetensors --lora-scale 0.8
     md-export export --unet u/ --text-encoder te/ --vae v/ --tokenizer tok/ -o out/
 """
