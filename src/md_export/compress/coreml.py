@@ -47,8 +47,12 @@ IOS18_SPEC = 9
 def _config(op_cfg, op_types=WEIGHT_OP_TYPES, name_configs: dict | None = None):
     import coremltools.optimize.coreml as cto
 
-    return cto.OptimizationConfig(global_config=None, op_type_configs={t: op_cfg for t in op_types},
-                                  op_name_configs=name_configs or {})
+    # One global config with the ops outside op_types switched off, rather than a config per op
+    # type: coremltools refuses a constant shared by ops with different configs, and a full-size
+    # UNet shares deduplicated constants (equal zero biases) between layer_norm and linear ops.
+    # weight_threshold keeps small constants (norm gammas, biases) uncompressed either way.
+    off = {t: None for t in EMBEDDING_OP_TYPES if t not in op_types}
+    return cto.OptimizationConfig(global_config=op_cfg, op_type_configs=off, op_name_configs=name_configs or {})
 
 
 def int8_config(threshold: int = 2048):
