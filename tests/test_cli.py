@@ -193,3 +193,10 @@ def test_env_flags_known_bad_combinations():
     levels = {f["level"] for f in bad}
     text = " ".join(f["message"] for f in bad)
     assert "error" in levels and "torch < 2.15" in text and "ai-edge-torch is deprecated" in text
+
+
+@pytest.mark.parametrize("argv", [["export", "--bogus"], ["check"], ["generate"]])
+def test_usage_errors_exit_2(capsys, argv):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert "Error:" in err and "internal error" not in err

@@ -3,6 +3,7 @@ and an exit code (MD_EXPORT_DEBUG=1 shows the traceback)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shlex
@@ -454,21 +455,36 @@ def _quiet_third_party() -> None:
     logging.getLogger().setLevel(logging.ERROR)
 
 
+def _click_exceptions() -> tuple[tuple, tuple, tuple]:
+    """(Exit, Abort, ClickException) classes of every click typer may use: recent typer vendors
+    its own copy (typer._click, with Exit/Abort in typer.exceptions), older ones use click."""
+    found: dict[str, list] = {"Exit": [], "Abort": [], "ClickException": []}
+    for name in ("typer.exceptions", "typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        for key, classes in found.items():
+            cls = getattr(mod, key, None)
+            if isinstance(cls, type) and cls not in classes:
+                classes.append(cls)
+    return tuple(found["Exit"]), tuple(found["Abort"]), tuple(found["ClickException"])
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("MD_EXPORT_DEBUG", "") not in ("", "0")
     if not debug:
         _quiet_third_party()
-    import click
-
+    exit_types, abort_types, usage_types = _click_exceptions()
     try:
         rv = app(args=argv, prog_name="md-export", standalone_mode=False)
         return rv if isinstance(rv, int) else 0  # standalone_mode=False returns typer.Exit's code
-    except click.exceptions.Exit as e:
+    except exit_types as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except abort_types:
         print("md-export: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as e:
+    except usage_types as e:  # bad options or arguments: click's own message, exit 2
         e.show()
         return 2
     except MdExportError as e:
