@@ -88,13 +88,7 @@ def activation_ranges(module: torch.nn.Module, feeds: list[dict[str, np.ndarray]
                 r[0], r[1] = min(r[0], lo), max(r[1], hi)
 
             hooks.append(m.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for f in feeds:
-                module(*(torch.from_numpy(f[n]) for n in input_names))
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(module, hooks, feeds, input_names)
     return {k: (v[0], v[1]) for k, v in ranges.items()}
 
 
@@ -109,6 +103,12 @@ def output_peaks(module: torch.nn.Module, feeds: list[dict[str, np.ndarray]], in
                     peaks[_name] = max(peaks.get(_name, 0.0), float(out.detach().abs().max()))
 
             hooks.append(m.register_forward_hook(hook))
+    _run_hooked(module, hooks, feeds, input_names)
+    return peaks
+
+
+def _run_hooked(module: torch.nn.Module, hooks: list, feeds: list[dict[str, np.ndarray]], input_names: list[str]) -> None:
+    """Run the feeds through the module, then remove the hooks that recorded what they saw."""
     try:
         with torch.no_grad():
             for f in feeds:
@@ -116,4 +116,3 @@ def output_peaks(module: torch.nn.Module, feeds: list[dict[str, np.ndarray]], in
     finally:
         for h in hooks:
             h.remove()
-    return peaks
