@@ -68,7 +68,18 @@ def _tname(t) -> str:
 
 
 def read(path: Path):
-    return _fbu().read_model_from_bytearray(Path(path).read_bytes())
+    return read_bytes(Path(path).read_bytes())
+
+
+def read_bytes(data):
+    """The model object, with every buffer's data as a uint8 numpy array. litert's reader leaves
+    buffers stored by offset (models over 2 GB) as byte slices, and the flatbuffers object API packs
+    anything but an ndarray one byte per Python call: hours for a full-size UNet."""
+    model = _fbu().read_model_from_bytearray(data)
+    for buf in model.buffers:
+        if buf.data is not None and type(buf.data) is not np.ndarray:
+            buf.data = np.frombuffer(bytes(buf.data), dtype=np.uint8)
+    return model
 
 
 def weight_ops(model) -> list[WeightOp]:
@@ -159,10 +170,10 @@ def quantize_file(src: Path, dest: Path, recipe: list[dict], calibration: dict |
     tables = []
     if big_kind == "int8" or gather_int8:
         # embedding tables (GATHER) that AEQ cannot quantize, when the level quantizes embeddings
-        model = _fbu().read_model_from_bytearray(data)
+        model = read_bytes(data)
         tables = [w.name for w in weight_ops(model) if w.op in ("GATHER", "EMBEDDING_LOOKUP") and w.nbytes >= 16 * 1024] if gather_int8 else []
     if (big and big_kind == "int8") or tables:
-        model = _fbu().read_model_from_bytearray(data)
+        model = read_bytes(data)
         names = list(dict.fromkeys(([w.name for w in big] if big_kind == "int8" else []) + tables))
         info["own_int8"] = quantize_weights_int8(model, names)
         data = _fbu().convert_object_to_bytearray(model)
