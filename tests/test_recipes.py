@@ -11,10 +11,10 @@ import pytest
 from md_export.errors import InputError
 from md_export.export import ExportOptions
 from md_export.families import all_families
-from md_export.recipe import Recipe, apply_recipe, load_recipe, lora_pairs, validate_names
+from md_export.recipe import Recipe, apply_recipe, load_recipe, lora_pairs, shipped_recipes, validate_names
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+RECIPES = sorted((REPO / "src" / "md_export" / "recipes").glob("*.toml"))
 GOOD = """\
 schema_version = 1
 family = "sd15"
@@ -59,8 +59,50 @@ def test_one_recipe_per_family_plus_mobile_ones():
     assert android.target["tflite"].compression == "int8"
 
 
-def test_bare_name_means_recipes_folder():
-    assert load_recipe("sd15").family == "sd15"
+def test_bare_name_means_shipped_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here
+    assert set(shipped_recipes()) == {p.stem for p in RECIPES}
+    r = load_recipe("mobilediffusion-ios")
+    assert r.family == "mobilediffusion" and r.path.is_file() and r.path.parent.name == "recipes"
+    with pytest.raises(InputError) as e:
+        load_recipe("mobilediffusion-ipad")
+    msg = str(e.value)
+    assert "\n" not in msg and "mobilediffusion-ipad" in msg and all(p.stem in msg for p in RECIPES), msg
+
+
+def test_checkout_path_still_works():
+    """The issue's command line names recipes/<name>.toml from a checkout (a link into the package)."""
+    assert load_recipe(REPO / "recipes" / "mobilediffusion-ios.toml").target["coreml"].compression == "palettize-6"
+
+
+def test_wheel_ships_the_recipes(tmp_path):
+    """A wheel built from this tree holds every recipe, and a bare name resolves from the installed
+    package (a working directory without recipes/, the checkout not on the path)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "tree"  # build from a copy: setuptools writes build/ and egg-info into the tree
+    shutil.copytree(REPO / "src" / "md_export", src / "src" / "md_export", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, src / f)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl"), str(src)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "whl").glob("md_export-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "site")
+        shipped = {Path(n).stem for n in z.namelist() if n.startswith("md_export/recipes/") and n.endswith(".toml")}
+    assert shipped == {p.stem for p in RECIPES}
+    code = ("import md_export, sys; from md_export.recipe import load_recipe; r = load_recipe('mobilediffusion-ios'); "
+            "print(md_export.__file__); print(r.path); print(r.target['coreml'].compression)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path / "site")},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    module, path, level = run.stdout.split()
+    site = str(tmp_path / "site")
+    assert module.startswith(site) and path.startswith(site) and level == "palettize-6"
 
 
 @pytest.mark.parametrize("text,key,words", [
@@ -87,7 +129,7 @@ def test_bad_recipe_names_file_and_key(tmp_path, text, key, words):
 
 
 def test_unreadable_recipes(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="no such file or shipped recipe; shipped: bk-sdm-base"):
         load_recipe(tmp_path / "none.toml")
     with pytest.raises(InputError, match="not valid TOML"):
         load_recipe(write(tmp_path, "family = \n"))
@@ -171,7 +213,7 @@ def test_cli_unregistered_level_fails_before_work(bk_tiny, tmp_path, capsys):
 def test_cli_recipe_of_another_family(bk_tiny, tmp_path, capsys):
     from md_export.cli.app import main
 
-    code = main(["export", str(bk_tiny), "--recipe", str(REPO / "recipes" / "mobilediffusion.toml"), "-o", str(tmp_path), "-q"])
+    code = main(["export", str(bk_tiny), "--recipe", "mobilediffusion", "-o", str(tmp_path), "-q"])  # a bare name
     err = capsys.readouterr().err
     assert code == 2 and "recipe is for family 'mobilediffusion'" in err and "'bk-sdm-tiny'" in err
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -55,9 +56,11 @@ PRECISIONS = ("fp32", "fp16")
 SCHEDULERS = ("ddim", "euler", "dpmpp-2m", "lcm")
 
 
-def recipes_dir() -> Path:
-    """The repository's recipes/ folder (next to src/), when running from a checkout."""
-    return Path(__file__).resolve().parents[2] / "recipes"
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes packaged with md-export (src/md_export/recipes/*.toml), by name. Read through
+    importlib.resources so a bare `--recipe NAME` works from an installed wheel, not only a checkout."""
+    folder = resources.files("md_export") / "recipes"
+    return {f.name[: -len(".toml")]: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".toml")}
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,14 @@ class _Reader:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file. A bare name ("sd15") means recipes/<name>.toml."""
+    """Read and validate a recipe file. A bare name ("sd15", "mobilediffusion-ios") that is not a
+    file here means the recipe of that name shipped with md-export."""
     p = Path(path)
-    if not p.exists() and p.suffix == "" and (recipes_dir() / f"{p.name}.toml").is_file():
-        p = recipes_dir() / f"{p.name}.toml"
     if not p.is_file():
-        raise InputError(f"--recipe {path}: no such file")
+        shipped = shipped_recipes()
+        if p.suffix or len(p.parts) > 1 or p.name not in shipped:
+            raise InputError(f"--recipe {path}: no such file or shipped recipe; shipped: {', '.join(sorted(shipped))}")
+        p = shipped[p.name]
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:

@@ -58,7 +58,7 @@ def _export_command(target_default: Optional[str]):
         steps: Optional[int] = typer.Option(None, "--steps", help="Default steps recorded for apps.", rich_help_panel="Lowering"),
         rewrite: list[str] = typer.Option([], "--rewrite", help="Add a rewrite (repeatable), e.g. attention=split-einsum, linear-to-conv, gpu-composites; see `md-export rewrites`.", rich_help_panel="Lowering"),
         no_default_rewrites: bool = typer.Option(False, "--no-default-rewrites", help="Start from no rewrites instead of the target's defaults.", rich_help_panel="Lowering"),
-        recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML recipe (recipes/<family>.toml): targets, shapes, rewrites, compression, parity floors; options given here win.", rich_help_panel="Recipe"),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML recipe file, or a shipped recipe's name (a family name, mobilediffusion-ios, mobilediffusion-android): targets, shapes, rewrites, compression, parity floors; options given here win.", rich_help_panel="Recipe"),
         family: Optional[str] = typer.Option(None, "--family", help="Model family (see `md-export families`); default: detected. Needed for single files other than SD 1.x/2.x.", rich_help_panel="Recipe"),
         lora: list[Path] = typer.Option([], "--lora", help="LoRA .safetensors fused into the UNet and text encoder before export (repeatable).", rich_help_panel="Recipe"),
         lora_scale: list[float] = typer.Option([], "--lora-scale", help="Scale per --lora (one value applies to all; default 1.0).", rich_help_panel="Recipe"),
