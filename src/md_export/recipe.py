@@ -314,6 +314,8 @@ def apply_recipe(recipe: Recipe, options, given: set[str] = frozenset(), targets
                 changes["minimum_deployment_target"] = tr.minimum_deployment_target
             if "compute_units" not in given and tr.compute_units:
                 changes["compute_units"] = tr.compute_units
+            if tr.chunk_over_mb is not None:  # split only when the UNet is larger (--chunk-unet always splits)
+                changes["chunk_over_mb"] = tr.chunk_over_mb
     changes.update(precision=precision, rewrites=rewrites, quantize=quantize, thresholds=thresholds)
     return replace(options, **changes)
 
