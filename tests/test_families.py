@@ -281,6 +281,38 @@ def test_family_defaults_reach_the_plan(tiny_ckpts, name, batch, guidance, steps
     assert with_family_defaults(ck, ExportOptions(unet_batch=2, steps=9)).steps == 9
 
 
+@pytest.mark.parametrize("name", ["mobilediffusion", "lcm", "sd-turbo"])
+def test_inspect_shows_the_family_defaults(tiny_ckpts, capsys, name):
+    """`md-export inspect` shows the steps, scheduler and UNet batch export would record, not the
+    plan's generic ones (20 steps for MobileDiffusion, whose family default is 8)."""
+    from md_export.cli.app import main
+
+    fam = get_family(name)
+    assert main(["inspect", str(tiny_ckpts[name]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    pipe = data["pipeline"]
+    assert data["family"] == name and data["recipe"] is None
+    assert (pipe["default_steps"], pipe["scheduler"], pipe["unet_batch"]) == (fam.default_steps, fam.scheduler, fam.unet_batch())
+    assert [s["shape"][0] for s in data["exports"]["unet"]["inputs"]][0] == fam.unet_batch()
+    assert main(["inspect", str(tiny_ckpts[name]), "--json", "--steps", "3", "--unet-batch", "1"]) == 0
+    given = json.loads(capsys.readouterr().out)["pipeline"]
+    assert (given["default_steps"], given["unet_batch"]) == (3, 1)  # the command line wins, as in export
+
+
+def test_inspect_with_a_recipe(tiny_ckpts, tmp_path, capsys):
+    from md_export.cli.app import main
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text((REPO / "recipes" / "mobilediffusion-ios.toml").read_text().replace("steps = 8", "steps = 6")
+                      .replace('scheduler = "ddim"', 'scheduler = "euler"'))
+    assert main(["inspect", str(tiny_ckpts["mobilediffusion"]), "--recipe", str(recipe), "--height", "64", "--width", "64", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"] == str(recipe) and data["targets"] == ["coreml"]
+    assert (data["pipeline"]["default_steps"], data["pipeline"]["scheduler"], data["pipeline"]["image_height"]) == (6, "euler", 64)
+    assert main(["inspect", str(tiny_ckpts["lcm"]), "--recipe", "mobilediffusion-ios"]) == 2  # another family's recipe
+    assert "recipe is for family 'mobilediffusion'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 @pytest.mark.parametrize("target", ["coreml", "tflite", "onnx"])

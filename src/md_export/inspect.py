@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .bundle import find_bundles, read_manifest
 from .checkpoint import Checkpoint, _weights_file
 from .components import make_plan
+
+if TYPE_CHECKING:
+    from .export import ExportOptions
 
 
 def count_safetensors_parameters(path: Path) -> int | None:
@@ -27,8 +31,25 @@ def count_safetensors_parameters(path: Path) -> int | None:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def inspect_checkpoint(ckpt: Checkpoint, **plan_options) -> dict:
-    plan = make_plan(ckpt, **plan_options)
+def export_options_for(ckpt: Checkpoint, recipe=None, **given) -> ExportOptions:
+    """The options `md-export export` would use: what was given, then the recipe's values, then
+    the family's defaults (UNet batch, steps, scheduler), in the same order as the export command."""
+    from .export import ExportOptions
+    from .recipe import apply_recipe, check_family, with_family_defaults
+
+    given = {k: v for k, v in given.items() if v is not None}
+    options = ExportOptions(**given)
+    if recipe is not None:
+        check_family(recipe, ckpt)
+        options = apply_recipe(recipe, options, set(given))
+    return with_family_defaults(ckpt, options)
+
+
+def inspect_checkpoint(ckpt: Checkpoint, recipe=None, **given) -> dict:
+    """`given`: height, width, unet_batch, steps, scheduler as on the export command line (None = not given)."""
+    options = export_options_for(ckpt, recipe, **given)
+    plan = make_plan(ckpt, height=options.height, width=options.width, unet_batch=options.unet_batch,
+                     with_encoder=options.with_encoder)
     folders = {"unet": ckpt.unet_dir, "text_encoder": ckpt.text_encoder_dir, "vae": ckpt.vae_dir}
     configs = {"unet": ckpt.unet_config, "text_encoder": ckpt.text_encoder_config, "vae": ckpt.vae_config}
     components = {}
@@ -45,12 +66,15 @@ def inspect_checkpoint(ckpt: Checkpoint, **plan_options) -> dict:
         "kind": "checkpoint",
         "source": ckpt.describe(),
         "layout": ckpt.kind,
+        "family": ckpt.family,
+        "recipe": str(recipe.path) if recipe is not None else None,
+        "targets": list(options.targets),
         "components": components,
         "exports": {
             name: {"inputs": [s.to_json() for s in c.inputs], "outputs": [s.to_json() for s in c.outputs]}
             for name, c in plan.components.items()
         },
-        "pipeline": plan.pipeline_json(ckpt),
+        "pipeline": plan.pipeline_json(ckpt, options.steps, options.scheduler),
     }
 
 

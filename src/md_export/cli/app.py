@@ -278,11 +278,15 @@ def inspect_cmd(
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
     unet_batch: Optional[int] = typer.Option(None, "--unet-batch"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Show what an export with this recipe would record."),
     json_out: bool = JsonOpt,
 ):
-    """Show what a checkpoint holds and what would be exported, or what a bundle holds.
+    """Show what a checkpoint holds and what would be exported (with the family's defaults, as
+    export records them), or what a bundle holds.
 
         md-export inspect ./ckpt
+        md-export inspect ./ckpt --recipe mobilediffusion-ios
         md-export inspect out/coreml
     """
     from ..checkpoint import Checkpoint
@@ -296,7 +300,10 @@ def inspect_cmd(
             render_bundle(output, b)
         output.emit(data)
     else:
-        data = inspect_checkpoint(Checkpoint.open(path), height=height, width=width, unet_batch=unet_batch)
+        from ..recipe import load_recipe
+
+        loaded = load_recipe(recipe) if recipe is not None else None
+        data = inspect_checkpoint(Checkpoint.open(path), loaded, height=height, width=width, unet_batch=unet_batch, steps=steps)
         render_checkpoint(output, data)
         output.emit(data)
 
