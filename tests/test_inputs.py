@@ -230,3 +230,134 @@ def test_single_file_with_lora_exports_and_passes_parity(single_file, lora_files
     with torch.no_grad():
         plain = ck.load_text_encoder()(torch.from_numpy(ids).long()).last_hidden_state.numpy()
     assert np.abs(fused - plain).max() > 1e-3
+
+
+# -- SD 2.x single files: OpenCLIP text tower (cond_stage_model.model.*), linear projections ------
+
+
+@pytest.fixture(scope="module")
+def tiny_sd21():
+    return build_components("sd21", "tiny", seed=11)
+
+
+@pytest.fixture(scope="module")
+def sd2_single_file(tiny_sd21, tmp_path_factory) -> Path:
+    from openclip_layout import sd2_single_file_state_dict
+
+    unet, text, vae = tiny_sd21
+    path = tmp_path_factory.mktemp("sf2") / "tiny-sd21.safetensors"
+    save_file(sd2_single_file_state_dict(unet, vae, text, seed=12), str(path))
+    return path
+
+
+def _resblocks(keys) -> int:
+    head = "cond_stage_model.model.transformer.resblocks."
+    return 1 + max(int(k[len(head):].split(".")[0]) for k in keys if k.startswith(head))
+
+
+def test_sd2_single_file_layout(sd2_single_file, tiny_sd21):
+    from safetensors.torch import load_file
+
+    _, text, _ = tiny_sd21
+    sd = load_file(str(sd2_single_file))
+    width = text.config.hidden_size
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in sd)
+    assert sd["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"].shape == (3 * width, width)
+    assert sd["cond_stage_model.model.positional_embedding"].shape == (77, width)
+    assert "cond_stage_model.model.ln_final.weight" in sd and "cond_stage_model.model.text_projection" in sd
+    assert _resblocks(sd) == text.config.num_hidden_layers + 1  # the whole tower: the last layer is SD 2.x's unused one
+    assert sd["model.diffusion_model.input_blocks.1.1.proj_in.weight"].ndim == 2  # linear projection
+
+
+def test_sd2_single_file_converts_to_the_same_weights(sd2_single_file, tiny_sd21):
+    from safetensors.torch import load_file
+
+    ck = Checkpoint.open(sd2_single_file)
+    assert ck.kind == "single-file" and ck.family == "sd21"  # guessed from the OpenCLIP keys
+    unet, text, vae = ck.load_unet(), ck.load_text_encoder(), ck.load_vae()
+    for ref, loaded in zip(tiny_sd21, (unet, text, vae)):
+        _same(ref, loaded)
+    assert text.config.num_hidden_layers == _resblocks(load_file(str(sd2_single_file))) - 1
+    assert text.config.hidden_act == "gelu"  # OpenCLIP's exact GELU, not CLIP's quick_gelu
+    assert unet.config.use_linear_projection
+    heads = unet.config.attention_head_dim
+    assert [c // h for c, h in zip(unet.config.block_out_channels, heads)] == [8] * len(heads)  # tiny's 64-wide heads
+
+
+def test_sd2_text_encoder_computes_openclips_penultimate_layer(sd2_single_file):
+    """The converted text encoder against open_clip's computation run straight from the file's
+    tensors: equal to the penultimate layer (then ln_final), not to the whole tower."""
+    from openclip_layout import openclip_text_forward
+    from safetensors.torch import load_file
+
+    state = load_file(str(sd2_single_file))
+    text = Checkpoint.open(sd2_single_file).load_text_encoder()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 49406, (2, 77), generator=g)
+    ids[:, 0], ids[0, 12:], ids[1, 40:] = 49406, 49407, 49407
+    heads = text.config.num_attention_heads
+    with torch.no_grad():
+        got = text(ids).last_hidden_state
+        penultimate = openclip_text_forward(state, ids, heads=heads)
+        whole = openclip_text_forward(state, ids, heads=heads, layers=_resblocks(state))
+    assert (got - penultimate).abs().max().item() < 1e-5
+    assert (got - whole).abs().max().item() > 1e-3
+
+
+def test_sd2_text_tower_depth(tmp_path, tiny_sd21):
+    """Full size: 23 of the file's 24 layers. A file already cut to that depth loads as is; any
+    other depth is refused (dropping or lacking layers would give wrong outputs silently)."""
+    from md_export.families import get_family
+    from md_export.single_file import _check_text_tower
+    from openclip_layout import sd2_single_file_state_dict
+
+    sd21 = get_family("sd21")
+    assert sd21.text_config("full")["num_hidden_layers"] == 23
+    fake = lambda n: {f"cond_stage_model.model.transformer.resblocks.{i}.ln_1.weight": None for i in range(n)}  # noqa: E731
+    _check_text_tower(fake(24), sd21, "full", Path("x.safetensors"))
+    _check_text_tower(fake(23), sd21, "full", Path("x.safetensors"))
+    with pytest.raises(InputError, match="has 25 layers; family 'sd21' \\(full\\) uses 23"):
+        _check_text_tower(fake(25), sd21, "full", Path("x.safetensors"))
+
+    unet, text, vae = tiny_sd21
+    n = text.config.num_hidden_layers
+    full = sd2_single_file_state_dict(unet, vae, text, seed=12)
+    cut = tmp_path / "cut.safetensors"
+    save_file({k: v for k, v in full.items() if f".resblocks.{n}." not in k}, str(cut))
+    folder, _, _ = convert_to_folder(cut, "sd21", allow_pickle=False)
+    _same(text, Checkpoint.open(folder).load_text_encoder())
+    short = tmp_path / "short.safetensors"
+    save_file({k: v for k, v in full.items() if f".resblocks.{n - 1}." not in k and f".resblocks.{n}." not in k}, str(short))
+    with pytest.raises(InputError, match=f"has {n - 1} layers"):
+        convert_to_folder(short, "sd21", allow_pickle=False)
+
+
+def test_sd2_single_file_wrong_family_or_tower(sd2_single_file, tiny_sd21, tmp_path):
+    from openclip_layout import openclip_text_state_dict
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with pytest.raises(InputError, match="text encoder is OpenCLIP.*family 'sd15'.*--family.*sd21"):
+        Checkpoint.open(sd2_single_file, family="sd15")
+    unet, text, vae = tiny_sd21
+    wide = CLIPTextModel(CLIPTextConfig(**dict(text.config.to_dict(), hidden_size=48, intermediate_size=96)))
+    sd = {k: v for k, v in to_ldm_state_dict(unet, vae, text).items() if not k.startswith("cond_stage_model.")}
+    sd.update(openclip_text_state_dict(wide))
+    path = tmp_path / "wide.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(InputError, match="cannot convert the text encoder.*size mismatch"):
+        convert_to_folder(path, "sd21", allow_pickle=False)
+
+
+@pytest.mark.slow
+def test_sd2_single_file_exports_and_passes_check(sd2_single_file, tmp_path):
+    from md_export.cli.app import main
+    from md_export.parity.check import check_bundle
+
+    code = main(["export", str(sd2_single_file), "--family", "sd21", "--targets", "onnx", "-o", str(tmp_path / "out"),
+                 "--no-check", "-q"])
+    assert code == 0
+    bundle = tmp_path / "out" / "onnx"
+    src = json.loads((bundle / "manifest.json").read_text())["source"]
+    assert src["kind"] == "single-file" and src["path"] == str(sd2_single_file) and src["family"] == "sd21"
+    report = check_bundle(bundle, end_to_end=False, samples=1)
+    assert report.summary()["status"] == "pass", report.summary()

@@ -6,6 +6,10 @@ bundled with md-export (the family's config.json folders, never fetched), into a
 pipeline folder in md-export's cache (`$MD_EXPORT_CACHE`, default `~/.cache/md-export`), keyed by
 the file's sha256, family and size. Export and check then treat that folder like any other.
 
+Text towers: CLIP ViT-L (`cond_stage_model.transformer.*`, SD 1.x) or OpenCLIP in open_clip's
+layout (`cond_stage_model.model.*`, fused q/k/v `in_proj_weight`, SD 2.x), of which SD 2.x uses
+the penultimate layer: the converted text encoder has one layer fewer than the file's tower.
+
 `.safetensors` files load directly; pickles (`.ckpt`, `.pt`, `.pth`, `.bin`) only with
 `--allow-pickle` (unpickling runs code).
 
@@ -201,11 +205,12 @@ def convert_to_folder(path: Path, family_name: str | None, allow_pickle: bool, d
     if state is None:
         state = load_state_dict(path, allow_pickle)
     size = _fitting_size(family, state)
+    _check_text_tower(state, family, size, path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
     try:
         write_configs(family, size, tmp)
-        _convert_components(state, tmp, path)
+        _convert_components(state, tmp, path, family_name)
         (tmp / ".complete").write_text(size + "\n", encoding="utf-8")
         _write_json(tmp / "source.json", {"file": str(path.resolve()), "sha256": digest, "family": family_name, "size": size})
         if dest.exists():
@@ -217,15 +222,52 @@ def convert_to_folder(path: Path, family_name: str | None, allow_pickle: bool, d
     return dest, family_name, size
 
 
-def _convert_components(state: dict, folder: Path, source: Path) -> None:
+def _openclip_layers(state: dict) -> int:
+    """How many resblocks the file's open_clip text tower holds (0: not open_clip)."""
+    head = OPENCLIP_PREFIX + "transformer.resblocks."
+    idx = {int(k[len(head):].split(".", 1)[0]) for k in state if k.startswith(head)}
+    return max(idx) + 1 if idx else 0
+
+
+def _check_text_tower(state: dict, family, size: str, source: Path) -> None:
+    """An open_clip text tower only for OpenCLIP families, with as many layers as SD 2.x uses.
+
+    Files hold the whole tower, but SD 2.x conditions on the penultimate layer (hidden states
+    -2, then ln_final), so the diffusers text encoder has one layer fewer than the file (23 of
+    24 at full size); like diffusers, the conversion keeps the first layers and drops the last.
+    A file already cut to that depth loads as is. Any other depth is not this family's tower,
+    and dropping or lacking layers would give wrong outputs without an error."""
+    from .families import all_families
+
+    n_file = _openclip_layers(state)
+    if not n_file:
+        return
+    if not family.text_encoder.startswith("OpenCLIP"):
+        users = ", ".join(n for n, f in all_families().items() if f.text_encoder.startswith("OpenCLIP"))
+        raise InputError(f"{source}: the text encoder is OpenCLIP (cond_stage_model.model.*), but family '{family.name}' "
+                         f"uses {family.text_encoder}; pass --family with one of: {users}")
+    n_cfg = family.text_config(size)["num_hidden_layers"]
+    if n_file not in (n_cfg, n_cfg + 1):
+        raise InputError(f"{source}: the OpenCLIP text tower has {n_file} layers; family '{family.name}' ({size}) uses "
+                         f"{n_cfg} (the penultimate of {n_cfg + 1}), so this is another text encoder; give a diffusers folder")
+
+
+def _first_useful_line(e: Exception) -> str:
+    """torch's load errors start with a bare 'Error(s) in loading state_dict for X:' line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.endswith(":")]
+    return (useful or lines or [type(e).__name__])[0]
+
+
+def _convert_components(state: dict, folder: Path, source: Path, family_name: str) -> None:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel
 
     def fail(what, e):
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return InputError(f"{source}: cannot convert the {what} from the LDM layout ({msg})")
+        return InputError(f"{source}: cannot convert the {what} from the LDM layout as family '{family_name}' "
+                          f"({_first_useful_line(e)}); is --family right?")
 
     try:
         unet = UNet2DConditionModel.from_single_file(state, config=str(folder), subfolder="unet", local_files_only=True,
@@ -260,7 +302,10 @@ def _convert_components(state: dict, folder: Path, source: Path) -> None:
     missing = [k for k in own if k not in sd and not k.endswith("position_ids")]
     if missing:
         raise InputError(f"{source}: text encoder weights incomplete (missing {missing[0]} and {len(missing) - 1} more)")
-    text.load_state_dict(sd, strict=False)
+    try:
+        text.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches: another text tower than the family's
+        raise fail("text encoder", e) from e
     text.save_pretrained(folder / "text_encoder", safe_serialization=True)
 
 
