@@ -91,10 +91,15 @@ def read_manifest(bundle: Path) -> dict:
     for key in ("target", "models", "pipeline"):
         if key not in manifest:
             raise InputError(f"{path}: no '{key}' field; the manifest is incomplete")
+    from .backends.base import model_files
+
     for name, entry in manifest["models"].items():
-        f = bundle / entry.get("file", "")
-        if not entry.get("file") or not f.exists():
-            raise InputError(f"{f}: model file for '{name}' named in the manifest is missing")
+        files = model_files(entry)
+        if not files:
+            raise InputError(f"{path}: model '{name}' names no file (neither 'file' nor 'chunks')")
+        for file in files:
+            if not (bundle / file).exists():
+                raise InputError(f"{bundle / file}: model file for '{name}' named in the manifest is missing")
     return manifest
 
 

@@ -14,6 +14,7 @@ from .bundle import SCHEMA_VERSION, atomic_folder, path_bytes, path_sha256, utc_
 from .capture import capture
 from .checkpoint import Checkpoint
 from .compress import compress, ideal_bytes
+from .compress.chunk import CHUNK_LIMIT_MB, chunk_in_bundle
 from .components import COMPONENT_ORDER, ExportPlan, attach_modules, count_parameters, make_plan
 from .errors import InputError
 from .families import source_extras
@@ -45,6 +46,9 @@ class ExportOptions:
     quantize: dict[str, str] = field(default_factory=dict)  # "target" or "target:component" -> level
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> {model|all: PSNR floor dB}
     recipe: str | None = None  # the recipe file the options came from (recorded in the manifest)
+    chunk_unet: bool = False  # Core ML: split the UNet (at least in two), each piece under chunk_limit_mb
+    chunk_over_mb: int | None = None  # Core ML: split the UNet only when its package is larger (recipes)
+    chunk_limit_mb: int = CHUNK_LIMIT_MB
     command: str = ""
 
 
@@ -99,9 +103,13 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                 if level not in ("none", ""):
                     with progress.stage(name, f"compress {level}", target):
                         lowered = compress(target, lowered, comp, level, {"plan": plan, "checkpoint": ckpt, "options": options})
+                chunked = {}
+                if target == "coreml" and name == "unet" and _wants_chunks(options, lowered.path):
+                    with progress.stage(name, f"chunk (under {options.chunk_limit_mb} MB)", target):
+                        chunked = chunk_in_bundle(lowered.path, comp, options.chunk_limit_mb * 1_000_000, 2 if options.chunk_unet else 1)
                 with progress.stage(name, "hash", target):
                     models[name] = {
-                        "file": lowered.path.name,
+                        **({"file": lowered.path.name} if not chunked else {}),
                         "format": target,
                         **({"signature": lowered.signature} if lowered.signature else {}),
                         "inputs": [s.to_json() for s in comp.inputs],
@@ -109,11 +117,12 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                         "precision": lowered.precision,
                         "compression": lowered.compression,
                         "parameters": count_parameters(comp.module),
-                        "sha256": path_sha256(lowered.path),
-                        "bytes": path_bytes(lowered.path),
+                        **({"sha256": path_sha256(lowered.path)} if not chunked else {}),
+                        "bytes": sum(c["bytes"] for c in chunked["chunks"]) if chunked else path_bytes(lowered.path),
                         "ideal_bytes": lowered.size.get("ideal_bytes") or ideal_bytes(comp.module, lowered.precision),
                         **({"size": lowered.size} if lowered.size else {}),
                         **({"notes": lowered.notes} if lowered.notes else {}),
+                        **chunked,
                     }
             _copy_tokenizer(ckpt, tmp)
             write_json(tmp / "scheduler.json", ckpt.scheduler_config)
@@ -142,6 +151,12 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
             write_json(tmp / "manifest.json", manifest)
         results.append(ExportResult(target, options.out / target, manifest))
     return results
+
+
+def _wants_chunks(options: ExportOptions, package: Path) -> bool:
+    if options.chunk_unet:
+        return True
+    return options.chunk_over_mb is not None and path_bytes(package) > options.chunk_over_mb * 1_000_000
 
 
 def _variant(plan: ExportPlan, names: list[str], target: str, cache: dict, progress: Progress):

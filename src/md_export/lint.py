@@ -261,6 +261,7 @@ LINTERS = {"tflite": lint_tflite, "coreml": lint_coreml, "onnx": lint_onnx}
 
 
 def lint_bundle(bundle: Path) -> dict:
+    from .backends.base import model_files
     from .bundle import read_manifest
 
     manifest = read_manifest(bundle)
@@ -269,10 +270,12 @@ def lint_bundle(bundle: Path) -> dict:
         raise InputError(f"{bundle}: no linter for target '{target}'")
     models = {}
     for name, entry in manifest["models"].items():
-        result = LINTERS[target](bundle / entry["file"])
-        for f in result["findings"]:
-            f["module"] = module_of(f.get("where", ""))
-        models[name] = result
+        files = model_files(entry)
+        for file in files:  # a chunked model is linted chunk by chunk
+            result = LINTERS[target](bundle / file)
+            for f in result["findings"]:
+                f["module"] = module_of(f.get("where", ""))
+            models[name if len(files) == 1 else f"{name} ({file})"] = result
     return {"bundle": str(bundle), "target": target, "rewrites": [r["name"] for r in manifest.get("rewrites", [])], "models": models}
 
 

@@ -77,3 +77,21 @@ def package_version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
+
+
+def model_files(entry: dict) -> list[str]:
+    """The files of one manifest model entry: its file, or its chunks' files in run order."""
+    if entry.get("chunks"):
+        return [c["file"] for c in entry["chunks"]]
+    return [entry["file"]] if entry.get("file") else []
+
+
+def open_model(backend: Backend, bundle: Path, entry: dict, **kwargs) -> Runner:
+    """A runner for one manifest model entry; a chunked model runs its chunks in turn."""
+    if entry.get("chunks"):
+        from ..compress.chunk import chain
+
+        chunks = entry["chunks"]
+        runners = [backend.load(bundle / c["file"], c, **kwargs) for c in chunks]
+        return chain(runners, [[i["name"] for i in c["inputs"]] for c in chunks])
+    return backend.load(bundle / entry["file"], entry, **kwargs)

@@ -65,6 +65,8 @@ def _export_command(target_default: Optional[str]):
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.ckpt pickles (unpickling runs code)."),
         quantize: list[str] = typer.Option([], "--quantize", help="Compression: LEVEL for every model or COMPONENT=LEVEL (repeatable). Core ML: fp16, int8, w8a8, palettize-8/6/4/2 (-g16: per grouped channel, iOS18), mixed-bit:4.5; TFLite: fp16, int8, w8a8, int4-block32, mixed:fc=int8,conv=fp16; ONNX: fp16, int8, w8a8.", rich_help_panel="Compression"),
         keep: list[str] = typer.Option([], "--keep", help="COMPONENT=LEVEL: a component keeps this level instead, e.g. vae_decoder=fp16 (or fp32/none).", rich_help_panel="Compression"),
+        chunk_unet: bool = typer.Option(False, "--chunk-unet", help="Core ML: split the UNet into pieces under --chunk-limit-mb (at least two), chained and checked against the whole; for iOS, which loads pieces under 1 GB.", rich_help_panel="Compression"),
+        chunk_limit_mb: int = typer.Option(1000, "--chunk-limit-mb", help="Core ML: largest UNet piece in MB with --chunk-unet (or a recipe's chunk_over_mb).", rich_help_panel="Compression"),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
         json_out: bool = JsonOpt,
@@ -90,7 +92,12 @@ def _export_command(target_default: Optional[str]):
             command=shlex.join(["md-export", *sys.argv[1:]]),
             rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites, loaded),
             quantize=_quantize_per_target(chosen, quantize, keep),
+            chunk_unet=chunk_unet, chunk_limit_mb=chunk_limit_mb,
         )
+        if chunk_unet and "coreml" not in chosen:
+            raise InputError("--chunk-unet: splits the Core ML UNet only; add coreml to --targets (or use `md-export coreml`)")
+        if chunk_limit_mb < 1:
+            raise InputError(f"--chunk-limit-mb {chunk_limit_mb}: give the largest piece size in MB (e.g. 1000)")
         if loaded is not None:
             check_family(loaded, ckpt)
             sources = {k: ctx.get_parameter_source(k) for k in ctx.params}  # typer vendors click: compare by name
@@ -100,7 +107,7 @@ def _export_command(target_default: Optional[str]):
         output.print(f"[bold]md-export[/] {ckpt.describe()} -> {', '.join(str(out / t) for t in chosen)}")
         results = export(ckpt, options, output.progress())
         summary = {"bundles": [{"target": r.target, "path": str(r.bundle), "models": {
-            n: {k: m[k] for k in ("file", "precision", "bytes", "sha256")} for n, m in r.manifest["models"].items()}} for r in results]}
+            n: {k: m[k] for k in ("file", "chunks", "precision", "bytes", "sha256") if k in m} for n, m in r.manifest["models"].items()}} for r in results]}
         exit_code = 0
         if not no_check:
             exit_code = _check_after_export([r.bundle for r in results], output, summary)
@@ -424,6 +431,7 @@ def generate_cmd(
     import time
 
     from ..backends.base import get_backend
+    from ..backends.base import open_model
     from ..bundle import read_manifest
     from ..checkpoint import read_json
     from ..pipeline.image import save_png
@@ -433,7 +441,7 @@ def generate_cmd(
     output = Output(json_out, quiet)
     manifest = read_manifest(bundle)
     backend = get_backend(manifest["target"])
-    models = {name: backend.load(bundle / e["file"], e) for name, e in manifest["models"].items()}
+    models = {name: open_model(backend, bundle, e) for name, e in manifest["models"].items()}
     tokenizer = ClipTokenizer.from_folder(bundle / "tokenizer", pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
     t0 = time.perf_counter()
     with output.progress().stage("pipeline", f"generate ({steps or manifest['pipeline']['default_steps']} steps)", manifest["target"]):

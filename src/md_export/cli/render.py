@@ -45,7 +45,7 @@ def render_bundle(output: Output, data: dict) -> None:
         t.add_column(col)
     for name, m in data["models"].items():
         prec = m["precision"] + ("" if m.get("compression", "none") == "none" else f" / {m['compression']}")
-        t.add_row(name, m["file"], _io(m["inputs"]), _io(m["outputs"]), prec, _mb(m.get("bytes")))
+        t.add_row(name, m.get("file") or " + ".join(c["file"] for c in m.get("chunks", [])), _io(m["inputs"]), _io(m["outputs"]), prec, _mb(m.get("bytes")))
     output.print(t)
     parity = data.get("parity") or {}
     output.print(f"parity: {parity.get('status', 'not-run')}" + (f" ({parity['report']})" if parity.get("report") else ""))

@@ -5,6 +5,9 @@ Splitting uses coremltools' bisect_model (halves a program at the op where the w
 either side are closest, the tensors alive across the cut becoming the first chunk's outputs and
 the second chunk's inputs), applied again to any half still over the limit. Its own correctness
 check calls predict (macOS only), so here the chain runs in milrun instead.
+
+In the bundle a chunked model has no "file"; its manifest entry lists "chunks" in run order, each
+with its own file, inputs, outputs, sha256 and bytes (docs/bundle-format.md).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK_LIMIT_BYTES = 1_000_000_000
+from ..errors import ConversionError
+
+CHUNK_LIMIT_MB = 1000
+CHUNK_LIMIT_BYTES = CHUNK_LIMIT_MB * 1_000_000
+CHAIN_FLOOR_DB = 80.0  # the chain runs the same ops as the whole: anything short of (near) exact is a bad cut
 
 
 def _bytes(path: Path) -> int:
@@ -24,8 +31,9 @@ def _bytes(path: Path) -> int:
     return path_bytes(path)
 
 
-def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str = "UnetChunk") -> list[Path]:
-    """Chunks of `path` (in order) written to out_dir as <name>1.mlpackage, <name>2..., each under limit."""
+def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str = "UnetChunk", min_chunks: int = 1) -> list[Path]:
+    """Chunks of `path` (in order) written to out_dir as <name>1.mlpackage, <name>2..., each under
+    limit; with min_chunks=2 the model is split at least once even when it is already under."""
     from coremltools.models.utils import bisect_model
 
     work = out_dir / ".chunks"
@@ -35,7 +43,7 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
     n = 0
     while pending:
         p = pending.pop(0)
-        if _bytes(p) <= limit:
+        if _bytes(p) <= limit and len(done) + len(pending) + 1 >= min_chunks:
             done.append(p)
             continue
         n += 1
@@ -43,7 +51,8 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
         bisect_model(str(p), str(d), merge_chunks_to_pipeline=False, check_output_correctness=False)
         parts = [d / f"{p.stem}_chunk1.mlpackage", d / f"{p.stem}_chunk2.mlpackage"]
         if not all(x.is_dir() for x in parts) or any(_bytes(x) >= _bytes(p) for x in parts):
-            raise RuntimeError(f"coreml: cannot split {p.name} further (a single op's weights exceed {limit} bytes?)")
+            raise ConversionError(f"coreml: cannot split {p.name} under {limit / 1e6:.0f} MB (a single op's weights are larger?); "
+                                  "raise --chunk-limit-mb or compress the UNet more")
         pending = parts + pending
     out = []
     for i, p in enumerate(done, 1):
@@ -60,13 +69,26 @@ def run_chain(chunks: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.
     """Run chunks in order with milrun; each takes what it needs from the inputs and earlier outputs."""
     from ..milrun import MilEvaluator
 
-    env = dict(feeds)
-    out: dict[str, np.ndarray] = {}
-    for c in chunks:
-        ev = MilEvaluator(c)
-        out = ev.predict({k: env[k] for k in ev.input_names})
-        env.update(out)
-    return out
+    evaluators = [MilEvaluator(c) for c in chunks]
+    return chain([e.predict for e in evaluators], [e.input_names for e in evaluators])(feeds)
+
+
+def chain(runners, input_names):
+    """One runner from chunk runners: chunk i is fed its inputs from the model inputs and the
+    outputs of the chunks before it; the result is the last chunk's outputs."""
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = dict(feeds)
+        out: dict[str, np.ndarray] = {}
+        for runner, names in zip(runners, input_names):
+            missing = [k for k in names if k not in env]
+            if missing:
+                raise ValueError(f"chunk input(s) {', '.join(missing)} are produced by no earlier chunk")
+            out = runner({k: env[k] for k in names})
+            env.update(out)
+        return out
+
+    return run
 
 
 def check_chain(whole: Path, chunks: list[Path], feeds: list[dict[str, np.ndarray]], output: str) -> float:
@@ -81,3 +103,40 @@ def check_chain(whole: Path, chunks: list[Path], feeds: list[dict[str, np.ndarra
         got = run_chain(chunks, f)[output]
         worst = min(worst, compare(np.asarray(ref, np.float32), np.asarray(got, np.float32))["psnr"])
     return worst
+
+
+def package_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of a saved .mlpackage as manifest tensor entries (name, shape, dtype)."""
+    import coremltools as ct
+
+    kinds = {ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32: "float32",
+             ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16: "float16",
+             ct.proto.FeatureTypes_pb2.ArrayFeatureType.INT32: "int32"}
+    spec = ct.utils.load_spec(str(path))
+
+    def entry(f):
+        a = f.type.multiArrayType
+        return {"name": f.name, "shape": [int(d) for d in a.shape], "dtype": kinds.get(a.dataType, str(a.dataType))}
+
+    return [entry(f) for f in spec.description.input], [entry(f) for f in spec.description.output]
+
+
+def chunk_in_bundle(whole: Path, component, limit: int, min_chunks: int, seed: int = 0) -> dict:
+    """Replace `whole` (a .mlpackage inside a bundle being written) by chunks beside it; check the
+    chain against the whole on seeded inputs; return the manifest fields of the chunked model."""
+    from ..bundle import path_sha256
+
+    name = {"unet": "UnetChunk"}.get(component.name, component.name.title().replace("_", "") + "Chunk")
+    chunks = split(whole, whole.parent, limit, name, min_chunks)
+    feeds = {s.name: t.numpy() for s, t in zip(component.inputs, component.example_inputs(seed))}
+    psnr = check_chain(whole, chunks, [feeds], component.outputs[0].name)
+    if psnr < CHAIN_FLOOR_DB:
+        raise ConversionError(f"coreml: the {len(chunks)} chunks of '{component.name}' chained give {psnr:.1f} dB against "
+                              f"the whole model (floor {CHAIN_FLOOR_DB:.0f} dB); export without chunking and report this")
+    shutil.rmtree(whole)
+    entries = []
+    for c in chunks:
+        inputs, outputs = package_io(c)
+        entries.append({"file": c.name, "inputs": inputs, "outputs": outputs, "sha256": path_sha256(c), "bytes": _bytes(c)})
+    return {"chunks": entries, "chunk_check": {"runtime": "milrun", "psnr_vs_whole": None if math.isinf(psnr) else round(psnr, 2),
+                                               "identical": math.isinf(psnr), "limit_bytes": limit}}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backends.base import get_backend
+from ..backends.base import get_backend, model_files, open_model
 from ..bundle import find_bundles, read_manifest, write_json
 from ..checkpoint import Checkpoint, default_model_dir
 from ..components import ExportPlan, attach_modules, make_plan
@@ -163,14 +163,13 @@ def check_bundle(
 def _check_model(backend, bundle, entry, comp, factory, name, out_name, runtime, engine, precision, floor, samples) -> Check:
     base = dict(model=name, output=out_name, runtime=runtime, precision=precision, threshold_psnr=floor)
     try:
-        path = bundle / entry["file"]
-        runner = backend.load(path, entry, engine=engine) if engine else backend.load(path, entry)
+        runner = open_model(backend, bundle, entry, **({"engine": engine} if engine else {}))
     except (MissingDependencyError, ImportError) as e:
         return Check(status=NOT_RUN, reason=f"runtime not available: {e}", **base)
     except MdExportError as e:
-        return Check(status=FAIL, reason=f"cannot load {entry['file']}: {e}", **base)
+        return Check(status=FAIL, reason=f"cannot load {'+'.join(model_files(entry))}: {e}", **base)
     except Exception as e:
-        return Check(status=FAIL, reason=f"cannot load {entry['file']}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
+        return Check(status=FAIL, reason=f"cannot load {'+'.join(model_files(entry))}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
     per_sample = []
     for i in range(samples):
         feeds = factory.make(name, i)

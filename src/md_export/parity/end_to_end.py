@@ -58,13 +58,14 @@ def check_end_to_end(bundle, manifest, backend, plan, ckpt, factory, thresholds,
     floor = end_to_end_floor(manifest["models"], precision, thresholds)
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
     try:
+        from ..backends.base import open_model
         from ..pipeline.image import save_png, side_by_side
         from ..pipeline.loop import generate
     except ImportError as e:
         return Check(status=NOT_RUN, reason=f"pipeline not available: {e}", **base)
     guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
     try:
-        models = {name: backend.load(bundle / entry["file"], entry) for name, entry in manifest["models"].items()}
+        models = {name: open_model(backend, bundle, entry) for name, entry in manifest["models"].items()}
         image = generate(models, pipe_cfg, factory.tokenizer(), _scheduler_config(bundle), E2E_PROMPT,
                          steps=steps, guidance_scale=guidance, seed=seed)
     except Exception as e:  # the component checks already say which model is at fault
