@@ -430,8 +430,7 @@ def generate_cmd(
     """
     import time
 
-    from ..backends.base import get_backend
-    from ..backends.base import open_model
+    from ..backends.base import get_backend, open_model
     from ..bundle import read_manifest
     from ..checkpoint import read_json
     from ..pipeline.image import save_png
