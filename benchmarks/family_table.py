@@ -45,6 +45,13 @@ KNOWN_RATIOS = {
     ("tflite", "int8"): 865.9e6 / 859.5e6,
 }
 
+# Full-size components measured earlier (benchmarks/README.md, int8_full_unet.py): (family, target,
+# level, component) -> bytes, as rounded there.
+KNOWN_MEASURED = {
+    ("sd15", "coreml", "none", "unet"): 1.72e9,
+    ("sd15", "tflite", "none", "unet"): 3.44e9,
+}
+
 
 # -- parameters and FLOPs ------------------------------------------------------------------------------
 
@@ -167,7 +174,8 @@ def read_bundles(folder: Path) -> list[dict]:
             "path": str(manifest.parent),
             "family": (m.get("source") or {}).get("family"),
             "target": m.get("target"),
-            "models": {k: {"compression": v.get("compression", "none"), "parameters": v.get("parameters"),
+            "models": {k: {"compression": v.get("compression", "none"), "precision": v.get("precision"),
+                           "parameters": v.get("parameters"),
                            "bytes": v.get("bytes"), "ideal_bytes": v.get("ideal_bytes")} for k, v in models.items()},
         })
     return found
@@ -188,13 +196,15 @@ def measured_ratios(bundles: list[dict], full_params: dict[str, dict]) -> dict[t
 
 
 def ratio_for(ratios: dict, target: str, level: str, comp: str) -> tuple[float, str]:
+    """Same target, level and component first; then the README's full-size UNet ratios; then another
+    component's (a small decoder carries relatively more graph overhead, so it comes last)."""
     if (target, level, comp) in ratios:
         return ratios[(target, level, comp)], "measured ratio"
+    if (target, level) in KNOWN_RATIOS:
+        return KNOWN_RATIOS[(target, level)], "README ratio"
     same = [r for (t, lv, _), r in ratios.items() if t == target and lv == level]
     if same:
         return max(same), "measured ratio (other component)"
-    if (target, level) in KNOWN_RATIOS:
-        return KNOWN_RATIOS[(target, level)], "README ratio"
     return 1.0, "ideal"
 
 
@@ -206,9 +216,13 @@ def size_cell(rt: RecipeTarget, params: dict, bundles: list[dict], ratios: dict)
             continue
         for comp in COMPONENTS:
             mdl = b["models"].get(comp)
-            if mdl and mdl["parameters"] == params[comp] and mdl["compression"] == rt.levels[comp] and mdl["bytes"]:
+            if (mdl and mdl["parameters"] == params[comp] and mdl["compression"] == rt.levels[comp]
+                    and mdl["precision"] == rt.precision and mdl["bytes"]):
                 per[comp] = {"bytes": mdl["bytes"], "how": "measured", "bundle": b["path"]}
     for comp in COMPONENTS:
+        earlier = KNOWN_MEASURED.get((rt.family, rt.target, rt.levels[comp], comp))
+        if comp not in per and earlier:
+            per[comp] = {"bytes": int(earlier), "how": "measured", "bundle": "benchmarks/README.md (earlier run)"}
         if comp not in per:
             ratio, why = ratio_for(ratios, rt.target, rt.levels[comp], comp)
             ideal = params[comp] * rt.bits(comp) / 8
@@ -230,13 +244,16 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
+SHORT = {"text_encoder": "TE", "unet": "UNet", "vae_decoder": "dec"}
+
+
 def level_note(cell: dict) -> str:
     lv = cell["levels"]
     base = {"coreml": "fp16", "tflite": "fp32"}[cell["target"]]
     names = {c: (base if v == "none" else v) for c, v in lv.items()}
     if len(set(names.values())) == 1:
         return names["unet"]
-    return ", ".join(f"{'TE' if c == 'text_encoder' else 'dec' if c == 'vae_decoder' else 'UNet'} {v}" for c, v in names.items())
+    return ", ".join(f"{SHORT[c]} {v}" for c, v in names.items())
 
 
 def size_text(cell: dict | None) -> str:
@@ -244,7 +261,7 @@ def size_text(cell: dict | None) -> str:
         return "—"
     how = cell["how"]
     if how == "mixed":
-        how = " + ".join(sorted(f"{c.split('_')[0]} {v['how']}" for c, v in cell["components"].items() if v["how"] == "measured")) + ", rest computed"
+        how = " + ".join(SHORT[c] for c, v in cell["components"].items() if v["how"] == "measured") + " measured, rest computed"
     return f"{fmt_bytes(cell['bytes'])} ({level_note(cell)}; {how})"
 
 
