@@ -64,6 +64,9 @@ struct ContentView: View {
                     LabeledContent("md-export", value: version)
                 }
                 LabeledContent("Parity", value: manifest.parity?.status ?? "unknown")
+                if let chunks = manifest.models["unet"]?.chunks {
+                    LabeledContent("UNet", value: "\(chunks.count) chunks")
+                }
             }
             ForEach(model.notes, id: \.self) { note in
                 Text(note).font(.footnote).foregroundStyle(.orange)

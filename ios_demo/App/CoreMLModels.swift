@@ -61,13 +61,14 @@ enum ComputeUnitsChoice: String, CaseIterable, Identifiable {
     }
 }
 
-/// A Core ML model run through md-export's tensor names (taken from the manifest entry).
+/// A Core ML model (a whole model or one chunk) run through md-export's tensor names, taken from its
+/// manifest entry.
 final class CoreMLDiffusionModel: DiffusionModel {
     let name: String
-    let spec: ModelSpec
+    let spec: ModelFileSpec
     let model: MLModel
 
-    init(name: String, spec: ModelSpec, model: MLModel) throws {
+    init(name: String, spec: ModelFileSpec, model: MLModel) throws {
         self.name = name
         self.spec = spec
         self.model = model
@@ -315,18 +316,11 @@ enum BundleLoader {
 
         let configuration = MLModelConfiguration()
         configuration.computeUnits = computeUnits
-        var models: [String: CoreMLDiffusionModel] = [:]
+        var models: [String: DiffusionModel] = [:]
         for name in modelNames {
             let spec = try manifest.model(name)
-            let compiledURL = try await compiledModel(name: name, spec: spec, folder: folder, status: status)
-            status("Loading \(name) (first load on the Neural Engine can take minutes)")
-            let model: MLModel
-            do {
-                model = try MLModel(contentsOf: compiledURL, configuration: configuration)
-            } catch {
-                throw ModelLoadError.loadFailed(file: spec.file, reason: error.localizedDescription)
-            }
-            models[name] = try CoreMLDiffusionModel(name: name, spec: spec, model: model)
+            models[name] = try await loadModel(name: name, spec: spec, folder: folder, configuration: configuration,
+                                               status: status)
         }
         guard let textEncoder = models["text_encoder"], let unet = models["unet"], let decoder = models["vae_decoder"] else {
             throw ModelLoadError.missingFile(file: "a model", folder: folder.lastPathComponent)
@@ -341,10 +335,45 @@ enum BundleLoader {
                             loadSeconds: Date().timeIntervalSince(start), notes: notes)
     }
 
-    /// The compiled `.mlmodelc` for a manifest entry: the file itself if it is compiled, a sibling
+    /// One manifest entry, ready to run. A chunked entry (`chunks`, for iOS's per-file size limit) becomes a
+    /// `ChunkedModel` over all its chunks, each compiled and loaded like a whole model; they stay loaded
+    /// together, so the memory held is the whole model's (see README).
+    static func loadModel(name: String, spec: ModelSpec, folder: URL, configuration: MLModelConfiguration,
+                          status: (String) -> Void) async throws -> DiffusionModel {
+        guard spec.isChunked else {
+            guard let whole = spec.fileSpecs.first else { throw ManifestError.noModelFile(model: name) }
+            return try await loadFile(name: name, spec: whole, folder: folder, configuration: configuration, status: status)
+        }
+        // TODO: a reduce-memory mode that loads each chunk only for its prediction and unloads it afterwards.
+        let plan = try ChunkPlan(model: name, spec: spec)
+        var chunks: [DiffusionModel] = []
+        for (index, chunk) in plan.chunks.enumerated() {
+            let chunkName = "\(name) chunk \(index + 1) of \(plan.chunks.count)"
+            let model = try await loadFile(name: chunkName, spec: chunk, folder: folder, configuration: configuration,
+                                           status: status)
+            chunks.append(model)
+        }
+        return ChunkedModel(plan: plan, chunks: chunks)
+    }
+
+    /// Compiles (once) and loads one file, and checks it against its manifest inputs and outputs.
+    static func loadFile(name: String, spec: ModelFileSpec, folder: URL, configuration: MLModelConfiguration,
+                         status: (String) -> Void) async throws -> CoreMLDiffusionModel {
+        let compiledURL = try await compiledModel(name: name, spec: spec, folder: folder, status: status)
+        status("Loading \(name) (first load on the Neural Engine can take minutes)")
+        let model: MLModel
+        do {
+            model = try MLModel(contentsOf: compiledURL, configuration: configuration)
+        } catch {
+            throw ModelLoadError.loadFailed(file: spec.file, reason: error.localizedDescription)
+        }
+        return try CoreMLDiffusionModel(name: name, spec: spec, model: model)
+    }
+
+    /// The compiled `.mlmodelc` for a model file or chunk: the file itself if it is compiled, a sibling
     /// `<name>.mlmodelc` if the bundle has one, else the `.mlpackage`/`.mlmodel` compiled on the device
     /// and cached in Application Support (keyed by the manifest's sha256, so a new export recompiles).
-    static func compiledModel(name: String, spec: ModelSpec, folder: URL,
+    static func compiledModel(name: String, spec: ModelFileSpec, folder: URL,
                               status: (String) -> Void) async throws -> URL {
         let fm = FileManager.default
         let source = folder.appendingPathComponent(spec.file)
@@ -388,7 +417,7 @@ enum BundleLoader {
         return cached
     }
 
-    static func cacheKey(spec: ModelSpec, source: URL) -> String {
+    static func cacheKey(spec: ModelFileSpec, source: URL) -> String {
         if let sha = spec.sha256, !sha.isEmpty {
             return String(sha.prefix(32))
         }

@@ -502,11 +502,215 @@ def check_half_conversion():
 
 
 def check_manifest_keys():
-    """Every CodingKeys raw value in Manifest.swift appears in the fixture manifest (catches key typos)."""
+    """Every CodingKeys raw value in Manifest.swift appears in a fixture manifest (catches key typos)."""
     swift = (HERE.parent / "Sources" / "MDExportCore" / "Manifest.swift").read_text()
-    fixture = (RES / "fixture_manifest.json").read_text()
+    fixture = "".join((RES / name).read_text() for name in ("fixture_manifest.json", "chunked_manifest.json"))
     keys = set(re.findall(r'case \w+ = "([a-z0-9_]+)"', swift))
     return sorted(k for k in keys if f'"{k}"' not in fixture)
+
+
+# ---- Manifest.swift (file / chunks) and ChunkedModel.swift -------------------------------------
+
+class ManifestError(Exception):
+    """ManifestError's chunk cases: `case_` is the Swift case name, `args` its associated values."""
+
+    def __init__(self, case_, *args):
+        super().__init__(case_, *args)
+        self.case_, self.args_ = case_, args
+
+
+class ChunkRunError(Exception):
+    def __init__(self, model, chunk, file, name, available):
+        super().__init__(model, chunk, file, name)
+        self.model, self.chunk, self.file, self.name, self.available = model, chunk, file, name, sorted(available)
+
+
+def file_specs(entry):
+    """ModelSpec.fileSpecs: the chunks, or the entry's own file; [] when it names neither."""
+    if entry.get("chunks") is not None:
+        return entry["chunks"]
+    if entry.get("file") is None:
+        return []
+    return [{"file": entry["file"], "inputs": entry["inputs"], "outputs": entry["outputs"],
+             "sha256": entry.get("sha256"), "bytes": entry.get("bytes")}]
+
+
+def validate_model_files(models):
+    """The file/chunks part of Manifest.validate(), models in sorted order."""
+    for name in sorted(models):
+        entry = models[name]
+        has_file, has_chunks = entry.get("file") is not None, entry.get("chunks") is not None
+        if not has_file and not has_chunks:
+            raise ManifestError("noModelFile", name)
+        if has_file and has_chunks:
+            raise ManifestError("fileAndChunks", name)
+        if has_chunks:
+            ChunkPlan(name, entry)
+
+
+class ChunkPlan:
+    def __init__(self, model, spec):
+        chunks = spec.get("chunks")
+        if not chunks:
+            raise ManifestError("noModelFile", model)
+        available = {t["name"] for t in spec["inputs"]}
+        last_use = {}
+        for index, chunk in enumerate(chunks):
+            for t in chunk["inputs"]:
+                if t["name"] not in available:
+                    raise ManifestError("chunkInputNotProduced", model, index + 1, chunk["file"], t["name"])
+                last_use[t["name"]] = index
+            available |= {t["name"] for t in chunk["outputs"]}
+        last_outputs = {t["name"] for t in chunks[-1]["outputs"]}
+        for t in spec["outputs"]:
+            if t["name"] not in last_outputs:
+                raise ManifestError("chunkOutputMissing", model, chunks[-1]["file"], t["name"])
+
+        held = {t["name"] for t in spec["inputs"]}
+        releases = []
+        for index, chunk in enumerate(chunks):
+            held |= {t["name"] for t in chunk["outputs"]}
+            if index == len(chunks) - 1:
+                releases.append([])
+                break
+            done = {n for n in held if last_use.get(n, -1) <= index}
+            held -= done
+            releases.append(sorted(done))
+        self.model = model
+        self.chunks = chunks
+        self.feeds = [[t["name"] for t in c["inputs"]] for c in chunks]
+        self.releases = releases
+
+
+def run_chunked(plan, runners, inputs):
+    """ChunkedModel.run."""
+    held = dict(inputs)
+    outputs = {}
+    for index, runner in enumerate(runners):
+        feed = {}
+        for name in plan.feeds[index]:
+            if name not in held:
+                raise ChunkRunError(plan.model, index + 1, plan.chunks[index]["file"], name, held.keys())
+            feed[name] = held[name]
+        outputs = runner(feed)
+        held.update(outputs)
+        for name in plan.releases[index]:
+            held.pop(name, None)
+    return outputs
+
+
+def fake_chunk_runners(chunks, calls, skipped=()):
+    """Chunk fakes for the mirror and for md_export's chain: output k of chunk i is a number made from
+    i, k and every input value fed, so a wrong or missing feed changes the result."""
+
+    def make(i, chunk):
+        def run(feed):
+            calls.append((i, dict(feed)))
+            mix = sum((j + 1) * feed[t["name"]] for j, t in enumerate(chunk["inputs"]))
+            return {t["name"]: 1000.0 * i + k + 1e-3 * mix
+                    for k, t in enumerate(chunk["outputs"]) if t["name"] not in skipped}
+        return run
+
+    return [make(i, c) for i, c in enumerate(chunks)]
+
+
+def check_chunks():
+    """The chunk mirror against md_export's chain (compress/chunk.py) on the chunked fixture, plus the
+    errors for chunks that do not fit together. Returns a list of problems."""
+    import copy
+
+    problems = []
+    manifest = json.loads((RES / "chunked_manifest.json").read_text())
+    unet = manifest["models"]["unet"]
+    plan = ChunkPlan("unet", unet)
+    if len(plan.chunks) < 2 or plan.feeds[0] != [t["name"] for t in unet["inputs"]]:
+        problems.append(f"plan feeds: {plan.feeds}")
+    inputs = {t["name"]: -1.0 - k for k, t in enumerate(unet["inputs"])}
+    calls, ref_calls = [], []
+    try:
+        got = run_chunked(plan, fake_chunk_runners(plan.chunks, calls), inputs)
+    except ChunkRunError as e:
+        return problems + [f"chunked run failed at chunk {e.chunk} ({e.file}): no {e.name}"]
+    try:
+        from md_export.compress.chunk import chain
+    except ImportError:  # run outside the project's venv
+        chain = None
+    if chain is not None:
+        want = chain(fake_chunk_runners(plan.chunks, ref_calls), plan.feeds)(inputs)
+        if got != want or calls != ref_calls:
+            problems.append("chunked run differs from md_export.compress.chunk.chain")
+    if set(got) != {t["name"] for t in unet["outputs"]}:
+        problems.append(f"chunked run returned {sorted(got)}")
+
+    # releases: after chunk i exactly the tensors a later chunk takes from before it are held
+    for spec in (unet, _reaching_back(unet)):
+        p = ChunkPlan("unet", spec)
+        held = {t["name"] for t in spec["inputs"]}
+        for i in range(len(p.chunks) - 1):
+            held |= {t["name"] for t in p.chunks[i]["outputs"]}
+            held -= set(p.releases[i])
+            later = {n for f in p.feeds[i + 1:] for n in f}
+            made_later = {t["name"] for c in p.chunks[i + 1:] for t in c["outputs"]}
+            if not (later - made_later) <= held or not held <= later:
+                problems.append(f"releases after chunk {i + 1}: holding {sorted(held)}")
+
+    def expect_error(models, case_, *args):
+        try:
+            validate_model_files(models)
+        except ManifestError as e:
+            if (e.case_, e.args_) != (case_, args):
+                problems.append(f"expected {case_}{args}, got {e.case_}{e.args_}")
+            return
+        problems.append(f"expected {case_}{args}, got no error")
+
+    cut = unet["chunks"][1]["inputs"][0]["name"]
+    m = copy.deepcopy(manifest["models"])
+    m["unet"]["chunks"][0]["outputs"] = [t for t in m["unet"]["chunks"][0]["outputs"] if t["name"] != cut]
+    expect_error(m, "chunkInputNotProduced", "unet", 2, "UnetChunk2.mlpackage", cut)
+    if chain is not None:  # md_export refuses the same chain
+        try:
+            chain(fake_chunk_runners(m["unet"]["chunks"], []),
+                  [[t["name"] for t in c["inputs"]] for c in m["unet"]["chunks"]])(inputs)
+            problems.append("md_export's chain ran a chunk whose input nobody produces")
+        except ValueError as e:
+            if cut not in str(e):
+                problems.append(f"md_export's chain error does not name {cut}: {e}")
+    m = copy.deepcopy(manifest["models"])
+    del m["unet"]["chunks"][-1]
+    expect_error(m, "chunkOutputMissing", "unet", "UnetChunk2.mlpackage", "noise_pred")
+    m = copy.deepcopy(manifest["models"])
+    del m["unet"]["chunks"]
+    expect_error(m, "noModelFile", "unet")
+    m = copy.deepcopy(manifest["models"])
+    m["unet"]["file"] = "unet.mlpackage"
+    expect_error(m, "fileAndChunks", "unet")
+
+    try:
+        run_chunked(plan, fake_chunk_runners(plan.chunks, [], skipped={cut}), inputs)
+        problems.append("a chunk output that was not returned went unnoticed")
+    except ChunkRunError as e:
+        if (e.chunk, e.file, e.name) != (2, "UnetChunk2.mlpackage", cut):
+            problems.append(f"run-time error names chunk {e.chunk} {e.file} {e.name}")
+
+    try:
+        from md_export.backends.base import model_files
+    except ImportError:
+        model_files = None
+    if model_files is not None:
+        for fixture in ("chunked_manifest.json", "fixture_manifest.json"):
+            for name, entry in json.loads((RES / fixture).read_text())["models"].items():
+                if [f["file"] for f in file_specs(entry)] != model_files(entry):
+                    problems.append(f"{fixture} {name}: files differ from md_export's model_files")
+    return problems
+
+
+def _reaching_back(unet):
+    """The chunked UNet with its last chunk also taking a model input and a first-chunk output."""
+    import copy
+
+    spec = copy.deepcopy(unet)
+    spec["chunks"][-1]["inputs"] += [spec["inputs"][0], spec["chunks"][0]["outputs"][0]]
+    return spec
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -631,7 +835,12 @@ def main():
     if missing:
         failures += 1
         print("MANIFEST KEYS not in the fixture:", missing)
-    print("manifest CodingKeys vs fixture_manifest.json")
+    print("manifest CodingKeys vs fixture_manifest.json + chunked_manifest.json")
+    chunk_problems = check_chunks()
+    for problem in chunk_problems:
+        print("CHUNKS:", problem)
+    failures += len(chunk_problems)
+    print("chunked UNet: plan, releases, run vs md_export's chain, 5 error cases")
     print("OK" if failures == 0 else f"{failures} FAILURES")
     return 1 if failures else 0
 

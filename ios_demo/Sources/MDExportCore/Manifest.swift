@@ -9,6 +9,10 @@ public enum ManifestError: Error, Equatable, LocalizedError {
     case invalidField(path: String, reason: String)
     case missingModel(name: String, known: [String])
     case missingTensor(model: String, name: String, direction: String)
+    case noModelFile(model: String)
+    case fileAndChunks(model: String)
+    case chunkInputNotProduced(model: String, chunk: Int, file: String, name: String)
+    case chunkOutputMissing(model: String, file: String, name: String)
 
     public var errorDescription: String? {
         switch self {
@@ -27,6 +31,16 @@ public enum ManifestError: Error, Equatable, LocalizedError {
             return "manifest.json has no model \"\(name)\" (it lists: \(known.sorted().joined(separator: ", ")))"
         case let .missingTensor(model, name, direction):
             return "manifest.json: model \"\(model)\" has no \(direction) named \"\(name)\""
+        case let .noModelFile(model):
+            return "manifest.json: model \"\(model)\" names no file (neither \"file\" nor \"chunks\"); export the bundle again"
+        case let .fileAndChunks(model):
+            return "manifest.json: model \"\(model)\" has both \"file\" and \"chunks\"; a chunked model has no \"file\". "
+                + "Export the bundle again"
+        case let .chunkInputNotProduced(model, chunk, file, name):
+            return "manifest.json: model \"\(model)\" chunk \(chunk) (\(file)) takes \"\(name)\", which neither the model's "
+                + "inputs nor an earlier chunk's outputs provide; export the bundle again"
+        case let .chunkOutputMissing(model, file, name):
+            return "manifest.json: model \"\(model)\": its last chunk (\(file)) does not output \"\(name)\"; export the bundle again"
         }
     }
 }
@@ -54,9 +68,29 @@ public struct TensorSpec: Codable, Equatable {
     }
 }
 
-/// One entry of `models` (text_encoder, unet, vae_decoder, vae_encoder).
-public struct ModelSpec: Codable, Equatable {
+/// One Core ML file to load and run: a whole model, or one chunk of a chunked model.
+public struct ModelFileSpec: Codable, Equatable {
     public var file: String
+    public var inputs: [TensorSpec]
+    public var outputs: [TensorSpec]
+    public var sha256: String?
+    public var bytes: Int64?
+
+    public init(file: String, inputs: [TensorSpec], outputs: [TensorSpec], sha256: String? = nil, bytes: Int64? = nil) {
+        self.file = file
+        self.inputs = inputs
+        self.outputs = outputs
+        self.sha256 = sha256
+        self.bytes = bytes
+    }
+}
+
+/// One entry of `models` (text_encoder, unet, vae_decoder, vae_encoder). It names either one `file` or,
+/// for a model split for iOS (`md-export coreml --chunk-unet`), `chunks` in run order; `inputs` and
+/// `outputs` are the model's either way, and `bytes` is the sum over the chunks.
+public struct ModelSpec: Codable, Equatable {
+    public var file: String?
+    public var chunks: [ModelFileSpec]?
     public var format: String?
     public var signature: String?
     public var inputs: [TensorSpec]
@@ -69,6 +103,20 @@ public struct ModelSpec: Codable, Equatable {
 
     public func input(named name: String) -> TensorSpec? { inputs.first { $0.name == name } }
     public func output(named name: String) -> TensorSpec? { outputs.first { $0.name == name } }
+
+    /// True when the model is split into chunks that run one after another (see `ChunkPlan`).
+    public var isChunked: Bool { chunks != nil }
+
+    /// The files to compile and load, in run order: the chunks, or the model's own file. Empty when the
+    /// entry names neither, which `Manifest.validate()` rejects.
+    public var fileSpecs: [ModelFileSpec] {
+        if let chunks { return chunks }
+        guard let file else { return [] }
+        return [ModelFileSpec(file: file, inputs: inputs, outputs: outputs, sha256: sha256, bytes: bytes)]
+    }
+
+    /// The file names of `fileSpecs`.
+    public var files: [String] { fileSpecs.map(\.file) }
 }
 
 /// `pipeline.tokenizer`.
@@ -254,6 +302,15 @@ public struct Manifest: Codable, Equatable {
         }
         for name in Manifest.requiredModels {
             _ = try model(name)
+        }
+        for name in models.keys.sorted() {
+            let spec = try model(name)
+            switch (spec.file, spec.chunks) {
+            case (nil, nil): throw ManifestError.noModelFile(model: name)
+            case (.some, .some): throw ManifestError.fileAndChunks(model: name)
+            case (nil, .some): _ = try ChunkPlan(model: name, spec: spec)
+            case (.some, nil): break
+            }
         }
         let checks: [(String, String, String)] = [
             ("text_encoder", "input_ids", "input"), ("text_encoder", "last_hidden_state", "output"),

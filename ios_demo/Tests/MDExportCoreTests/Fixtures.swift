@@ -46,6 +46,12 @@ enum Fixtures {
         try String(decoding: resourceData("fixture_manifest.json"), as: UTF8.self)
     }
 
+    /// A bundle whose UNet is split in 3 chunks (`md-export coreml --chunk-unet --chunk-limit-mb 1` on the
+    /// default model; manifest trimmed of the keys the app ignores).
+    static func chunkedManifest() throws -> Manifest {
+        try Manifest.decode(resourceData("chunked_manifest.json"))
+    }
+
     /// Loaded once for all tests (the vocabulary has 49,408 entries).
     static let sharedTokenizer: Result<ClipTokenizer, Error> = Result {
         let folder = repoTokenizerFolder
