@@ -181,28 +181,30 @@ def read_bundles(folder: Path) -> list[dict]:
     return found
 
 
-def measured_ratios(bundles: list[dict], full_params: dict[str, dict]) -> dict[tuple, float]:
-    """(target, level, component) -> bytes / ideal from full-size bundles (tiny ones are dominated
-    by graph overhead and would overstate the ratio)."""
-    ratios = {}
+def measured_ratios(bundles: list[dict], full_params: dict[str, dict]) -> dict[tuple, dict[int, float]]:
+    """(target, level, component) -> {parameters: bytes / ideal} from full-size bundles (tiny ones
+    are dominated by graph overhead and would overstate the ratio)."""
+    ratios: dict[tuple, dict[int, float]] = {}
     for b in bundles:
         fam = full_params.get(b["family"])
         if fam is None:
             continue
         for comp, mdl in b["models"].items():
             if mdl["parameters"] == fam.get(comp) and mdl["ideal_bytes"]:
-                ratios[(b["target"], mdl["compression"], comp)] = mdl["bytes"] / mdl["ideal_bytes"]
+                ratios.setdefault((b["target"], mdl["compression"], comp), {})[mdl["parameters"]] = mdl["bytes"] / mdl["ideal_bytes"]
     return ratios
 
 
-def ratio_for(ratios: dict, target: str, level: str, comp: str) -> tuple[float, str]:
+def ratio_for(ratios: dict, target: str, level: str, comp: str, params: int) -> tuple[float, str]:
     """Same target, level and component first; then the README's full-size UNet ratios; then another
-    component's (a small decoder carries relatively more graph overhead, so it comes last)."""
+    component's (a small decoder carries relatively more graph overhead, so it comes last). Among
+    several measured models, the one closest in parameter count."""
     if (target, level, comp) in ratios:
-        return ratios[(target, level, comp)], "measured ratio"
+        by_size = ratios[(target, level, comp)]
+        return by_size[min(by_size, key=lambda n: abs(n - params))], "measured ratio"
     if (target, level) in KNOWN_RATIOS:
         return KNOWN_RATIOS[(target, level)], "README ratio"
-    same = [r for (t, lv, _), r in ratios.items() if t == target and lv == level]
+    same = [r for (t, lv, _), by_size in ratios.items() if t == target and lv == level for r in by_size.values()]
     if same:
         return max(same), "measured ratio (other component)"
     return 1.0, "ideal"
@@ -224,7 +226,7 @@ def size_cell(rt: RecipeTarget, params: dict, bundles: list[dict], ratios: dict)
         if comp not in per and earlier:
             per[comp] = {"bytes": int(earlier), "how": "measured", "bundle": "benchmarks/README.md (earlier run)"}
         if comp not in per:
-            ratio, why = ratio_for(ratios, rt.target, rt.levels[comp], comp)
+            ratio, why = ratio_for(ratios, rt.target, rt.levels[comp], comp, params[comp])
             ideal = params[comp] * rt.bits(comp) / 8
             per[comp] = {"bytes": int(ideal * ratio), "how": "computed", "ratio": round(ratio, 4), "ratio_from": why}
     total = sum(v["bytes"] for v in per.values())
@@ -309,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     if ratios:
         print("\nfile/ideal ratios measured on full-size bundles: "
-              + ", ".join(f"{t} {lv} {c} {r:.4f}" for (t, lv, c), r in sorted(ratios.items())))
+              + ", ".join(f"{t} {lv} {c} ({n / 1e6:.1f}M) {r:.4f}" for (t, lv, c), by in sorted(ratios.items())
+                          for n, r in sorted(by.items())))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "ratios": {"/".join(k): v for k, v in ratios.items()}}, indent=1) + "\n",
+        args.json.write_text(json.dumps({"rows": rows, "ratios": {"/".join(k): {str(n): r for n, r in v.items()}
+                                                                  for k, v in ratios.items()}}, indent=1) + "\n",
                              encoding="utf-8")
     return 0
 
