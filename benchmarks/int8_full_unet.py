@@ -9,7 +9,8 @@ is its own; the Python-heap peak of the quantize stages is also measured with tr
     python benchmarks/int8_full_unet.py report --work /tmp/sd15_bench        # the table
 
 Stages: convert-tflite (fp32 .tflite), convert-coreml (fp16 .mlpackage), quantize-tflite,
-quantize-coreml (int8 per-channel symmetric weights via md_export.compress), report.
+quantize-coreml (int8 per-channel symmetric weights via md_export.compress), chunk-coreml (the fp16
+package split under 1 GB as `--chunk-unet` does, the chain checked against the whole in milrun), report.
 """
 
 from __future__ import annotations
@@ -31,28 +32,28 @@ SD15_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
 )
-STAGES = ("convert-tflite", "convert-coreml", "quantize-tflite", "quantize-coreml")
+STAGES = ("convert-tflite", "convert-coreml", "quantize-tflite", "quantize-coreml", "chunk-coreml")
 
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def _component(batch: int = 2, latent: int = 64):
+def _component(batch: int = 2, latent: int = 64, with_module: bool = True):
     import torch
     from diffusers import UNet2DConditionModel
 
     from md_export.components import ComponentPlan, TensorSpec, UNetWrapper
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    unet = UNet2DConditionModel(**SD15_UNET).eval() if with_module else None
     comp = ComponentPlan(
         "unet",
         [TensorSpec("sample", (batch, 4, latent, latent), "float32", "NCHW"),
          TensorSpec("timestep", (batch,), "float32", "B"),
          TensorSpec("encoder_hidden_states", (batch, 77, 768), "float32", "BSD")],
         [TensorSpec("noise_pred", (batch, 4, latent, latent), "float32", "NCHW")],
-        module=UNetWrapper(unet).eval(),
+        module=UNetWrapper(unet).eval() if with_module else None,
     )
     return comp
 
@@ -122,6 +123,26 @@ def stage_quantize(work: Path, target: str) -> dict:
     return data
 
 
+def stage_chunk(work: Path, target: str) -> dict:
+    """What `md-export coreml --chunk-unet` does to the UNet, on the full-size fp16 package."""
+    import shutil
+
+    from md_export.compress.chunk import CHUNK_LIMIT_BYTES, chunk_in_bundle
+
+    src = json.loads((work / "results.json").read_text())[f"convert-{target}"]
+    out = work / f"chunk_{target}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    whole = out / Path(src["path"]).name
+    shutil.copytree(src["path"], whole)
+    t0 = time.perf_counter()
+    fields = chunk_in_bundle(whole, _component(with_module=False), CHUNK_LIMIT_BYTES, min_chunks=1)
+    return {"chunk_seconds": round(time.perf_counter() - t0, 1), "bytes": sum(c["bytes"] for c in fields["chunks"]),
+            "fp_bytes": src["bytes"], "chunks": [{"file": c["file"], "bytes": c["bytes"], "inputs": len(c["inputs"]),
+            "outputs": len(c["outputs"])} for c in fields["chunks"]], "chunk_check": fields["chunk_check"],
+            "peak_rss_bytes": _peak_rss_bytes()}
+
+
 def report(work: Path) -> str:
     r = json.loads((work / "results.json").read_text())
     gib = 1024**3
@@ -134,11 +155,15 @@ def report(work: Path) -> str:
         if "error" in d:
             lines.append(f"| {stage} | failed | {d.get('peak_rss_bytes', 0) / gib:.1f} | | {d['error'][:120]} |")
             continue
-        secs = d.get("convert_seconds", d.get("quantize_seconds"))
+        secs = d.get("convert_seconds", d.get("quantize_seconds", d.get("chunk_seconds")))
         size = f"{d['bytes'] / 1e6:.0f} MB"
         if "ratio_vs_fp" in d:
             size += f" ({d['ratio_vs_fp']:.3f} of fp, ideal int8 {d['ideal_int8_bytes'] / 1e6:.0f} MB)"
         notes = "; ".join(d.get("notes", []))[:200]
+        if "chunks" in d:
+            check = d["chunk_check"]
+            notes = ", ".join(f"{c['file']} {c['bytes'] / 1e6:.0f} MB" for c in d["chunks"]) + (
+                "; chain identical to the whole (milrun)" if check["identical"] else f"; chain vs whole {check['psnr_vs_whole']} dB")
         if "python_heap_peak_bytes" in d:
             notes = f"py-heap peak {d['python_heap_peak_bytes'] / gib:.2f} GiB; " + notes
         lines.append(f"| {stage} | {secs} | {d['peak_rss_bytes'] / gib:.1f} | {size} | {notes} |")
@@ -163,7 +188,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     kind, target = a.stage.split("-")
     try:
-        data = stage_convert(a.work, target) if kind == "convert" else stage_quantize(a.work, target)
+        stage = {"convert": stage_convert, "quantize": stage_quantize, "chunk": stage_chunk}[kind]
+        data = stage(a.work, target)
     except Exception as e:  # record the failure with its memory, so a partial run still reports
         _record(a.work, a.stage, {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "peak_rss_bytes": _peak_rss_bytes()})
         raise

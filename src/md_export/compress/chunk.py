@@ -66,11 +66,12 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
 
 
 def run_chain(chunks: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run chunks in order with milrun; each takes what it needs from the inputs and earlier outputs."""
+    """Run chunks in order with milrun; each takes what it needs from the inputs and earlier outputs.
+    One chunk's weights are in memory at a time (a full-size UNet's halves are ~1 GB each)."""
     from ..milrun import MilEvaluator
 
-    evaluators = [MilEvaluator(c) for c in chunks]
-    return chain([e.predict for e in evaluators], [e.input_names for e in evaluators])(feeds)
+    names = [[i["name"] for i in package_io(c)[0]] for c in chunks]
+    return chain([lambda f, c=c: MilEvaluator(c).predict(f) for c in chunks], names)(feeds)
 
 
 def chain(runners, input_names):
@@ -97,9 +98,10 @@ def check_chain(whole: Path, chunks: list[Path], feeds: list[dict[str, np.ndarra
     from ..parity.metrics import compare
 
     ev = MilEvaluator(whole)
+    refs = [ev.predict(f)[output] for f in feeds]
+    del ev  # the whole model and its chunks are never in memory together
     worst = math.inf
-    for f in feeds:
-        ref = ev.predict(f)[output]
+    for f, ref in zip(feeds, refs):
         got = run_chain(chunks, f)[output]
         worst = min(worst, compare(np.asarray(ref, np.float32), np.asarray(got, np.float32))["psnr"])
     return worst
