@@ -123,7 +123,46 @@ class _Reader:
         return next(self.it, None)
 
 
-def w8a8(path: Path, calibration: list[dict[str, np.ndarray]], skip_nodes: list[str] | None = None) -> None:
+def unshare_initializers(model) -> int:
+    """Give every node its own copy of a float initializer that several nodes read; returns the
+    number of copies made. onnxruntime's static quantizer copies a shared bias itself and names
+    the copy <name><n> without looking at activation names, and the torch exporter's names are
+    val_<n>: bias val_45 read by many GroupNorms gets copies val_450, val_451, ..., names the
+    graph already gives to activations. Two tensors of one name either stop it ("Quantization parameter shared mode is
+    not supported for weight", when the clash is a Reshape output) or wire a bias where an
+    activation was. The exporter shares identical tensors (GroupNorm's ones and zeros, and norm
+    weights that are still at their initial values), so the copies are small."""
+    onnx = _onnx()
+    g = model.graph
+    floats = {i.name: i for i in g.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    readers: dict[str, list] = {}
+    for node in g.node:
+        for name in dict.fromkeys(node.input):  # a node reading a tensor twice is one reader
+            if name in floats:
+                readers.setdefault(name, []).append(node)
+    taken = {n for node in g.node for n in (*node.input, *node.output)} | {i.name for i in g.initializer} | \
+        {v.name for v in (*g.input, *g.output, *g.value_info)}
+    copies = 0
+    for name, nodes in readers.items():
+        for node in nodes[1:]:
+            k = 1
+            while f"{name}/copy{k}" in taken:
+                k += 1
+            new = f"{name}/copy{k}"
+            taken.add(new)
+            dup = onnx.TensorProto()
+            dup.CopyFrom(floats[name])
+            dup.name = new
+            g.initializer.append(dup)
+            for i, x in enumerate(node.input):
+                if x == name:
+                    node.input[i] = new
+            copies += 1
+    return copies
+
+
+def w8a8(path: Path, calibration: list[dict[str, np.ndarray]], skip_nodes: list[str] | None = None) -> int:
+    """Static QDQ quantization in place; returns how many shared initializers were copied first."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -131,14 +170,23 @@ def w8a8(path: Path, calibration: list[dict[str, np.ndarray]], skip_nodes: list[
     out = path.with_name(path.stem + ".q.onnx")
     try:
         quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
-    except Exception:
+    except Exception:  # shape inference is a help, not a need: quantize the file as it is
         pre = path
-    quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=list(skip_nodes or []), extra_options={"WeightSymmetric": True})
-    if pre != path:
-        pre.unlink()
+    model = load(pre)
+    copies = unshare_initializers(model)
+    pre = path.with_name(path.stem + ".pre.onnx")
+    save(model, pre)
+    del model
+    try:
+        quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(skip_nodes or []),
+                        extra_options={"WeightSymmetric": True})
+    finally:
+        pre.unlink(missing_ok=True)
+        pre.with_name(pre.name + ".data").unlink(missing_ok=True)
     out.replace(path)
+    return copies
 
 
 def inventory(path: Path) -> list[tuple[str, int, float]]:
@@ -218,8 +266,11 @@ def apply(lowered, component, level, context: dict):
         from ..calibration import calibration_feeds
 
         feeds = [{k: v for k, v in f.items()} for f in calibration_feeds(component, context)]
-        w8a8(lowered.path, feeds)
+        copies = w8a8(lowered.path, feeds)
         lowered.notes.append(f"QDQ static quantization: int8 weights per channel, uint8 activations, {len(feeds)} calibration inputs")
+        if copies:
+            lowered.notes.append(f"{copies} copies of float initializers shared by several nodes (one per node), so that "
+                                 "onnxruntime's quantizer does not name its own copies after existing activations")
     else:
         raise ValueError(level.kind)
     return lowered
