@@ -151,20 +151,24 @@ def quantize_file(src: Path, dest: Path, recipe: list[dict], calibration: dict |
     """Run AEQ with `recipe` on `src`, excluding ops whose weight is over AEQ's 32 MiB limit, then
     quantize those with md-export's own int8 (when big_kind is int8; otherwise keep them float).
     Returns what happened: {"aeq_ops": n, "own_int8": [names], "kept_float": [names]}."""
-    from ai_edge_quantizer import quantizer
+    from ..progress import third_party_output_muted
 
     model = read(src)
     wops = weight_ops(model)
     big = [w for w in wops if w.nbytes > AEQ_LIMIT_BYTES and w.op != "GATHER"] if big_kind != "skip" else []
     full = list(recipe) + [r for w in big for r in rule("none", "^" + re.escape(w.scope) + "$")]
-    q = quantizer.Quantizer(str(src), full)
-    calib = None
-    if q.need_calibration:
-        if not calibration:
-            raise ConversionError("tflite: this level needs calibration data")
-        calib = q.calibrate(calibration)
     del model
-    result = q.quantize(calib, enable_progress_report=False)
+    # AEQ draws tqdm bars (calibration has no switch for them) and its interpreters log from C++
+    with third_party_output_muted():
+        from ai_edge_quantizer import quantizer
+
+        q = quantizer.Quantizer(str(src), full)
+        calib = None
+        if q.need_calibration:
+            if not calibration:
+                raise ConversionError("tflite: this level needs calibration data")
+            calib = q.calibrate(calibration)
+        result = q.quantize(calib, enable_progress_bar=False, enable_progress_report=False)
     data = result.quantized_model
     info = {"own_int8": [], "kept_float": []}
     tables = []
