@@ -457,6 +457,9 @@ def _quiet_third_party() -> None:
     (MD_EXPORT_DEBUG=1 keeps it). torch sets its loggers' levels when imported, so import first."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_minloglevel", "2")
+    # litert-torch's converter logs "oneDNN custom operations are on" from C++ at import, past
+    # TF_CPP_MIN_LOG_LEVEL; off, the converter writes the same bytes (tiny default model, int8)
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' pass-by-pass bars; md-export shows its own progress
