@@ -257,3 +257,120 @@ def test_coreml_chunks_chain_to_the_whole(lowered, plan, tmp_path):
     comp = plan.components[COMPONENT]
     feeds = [{s.name: a.numpy() for s, a in zip(comp.inputs, comp.example_inputs(seed=0))}]
     assert check_chain(whole, chunks, feeds, comp.outputs[0].name) > 80
+
+
+# -- onnx w8a8: shared initializers ------------------------------------------------------------------
+
+
+def _conv_pair_sharing_a_bias(path):
+    """x -> Conv(W1, B) -> Reshape -> "B0" -> Conv(W2, B) -> y: the bias B is read by both convs
+    and an activation is named B0, the name onnxruntime gives its own copy of B."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "W2"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "B"),
+             numpy_helper.from_array(np.array([1, 4, 8, 8], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B"], ["t"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["t", "shape"], ["B0"]),
+             helper.make_node("Conv", ["B0", "W2", "B"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "shared_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_onnx_w8a8_copies_shared_initializers(tmp_path):
+    """A bias shared by two convs, with an activation already named like onnxruntime's copy of it,
+    quantizes (it raised "Quantization parameter shared mode is not supported for weight") into
+    a graph where every tensor has one source, and computes what the float graph computes."""
+    import onnx
+    import onnxruntime as ort
+
+    from md_export.compress.onnx import w8a8
+
+    path = tmp_path / "g.onnx"
+    _conv_pair_sharing_a_bias(path)
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 2, 8, 8)).astype(np.float32)} for _ in range(4)]
+    test_x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    reference = ort.InferenceSession(str(path)).run(None, {"x": test_x})[0]
+    assert w8a8(path, feeds) == 1
+    model = onnx.load(str(path))
+    produced = [o for n in model.graph.node for o in n.output]
+    sources = produced + [i.name for i in model.graph.initializer]
+    assert len(sources) == len(set(sources)), "a tensor name with two sources"
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    out = ort.InferenceSession(str(path)).run(None, {"x": test_x})[0]
+    assert compare(reference, out)["psnr"] >= floor_for("unet", "fp32", {}, "w8a8")
+
+
+@pytest.mark.slow
+def test_onnx_w8a8_tiny_sd15_unet(tmp_path):
+    """The SD-1.5-topology UNet (tiny widths) through ONNX w8a8, at its parity floor."""
+    from md_export.families.build import init_checkpoint
+
+    ckpt = Checkpoint.open(init_checkpoint("sd15", tmp_path / "sd15", size="tiny", seed=0))
+    sd15 = make_plan(ckpt)
+    attach_modules(sd15, ckpt, only=("unet",))
+    comp = sd15.components["unet"]
+    lm = get_backend("onnx").lower(comp, capture(comp), tmp_path, LowerOptions("fp32"))
+    lm = compress("onnx", lm, comp, "w8a8", {})  # calibrated on seeded example inputs 0..3
+    assert any("copies of float initializers" in n for n in lm.notes)
+    runner = get_backend("onnx").load(lm.path, {})
+    worst = math.inf
+    for seed in (10, 11):
+        args = comp.example_inputs(seed=seed)
+        with torch.no_grad():
+            ref = comp.module(*args).numpy()
+        out = runner({s.name: a.numpy() for s, a in zip(comp.inputs, args)})[comp.outputs[0].name]
+        worst = min(worst, compare(ref, np.asarray(out, dtype=np.float32))["psnr"])
+    assert worst >= floor_for("unet", "fp32", {}, "w8a8"), worst
+
+
+# -- quiet: third-party output -----------------------------------------------------------------------
+
+
+def test_third_party_output_muted_holds_back_and_replays_on_failure(capfd):
+    import os
+    import sys
+
+    from md_export.progress import third_party_output_muted
+
+    with third_party_output_muted():
+        print("python stdout")
+        print("python stderr", file=sys.stderr)
+        os.write(1, b"native fd 1\n")
+        os.write(2, b"native fd 2\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError):
+        with third_party_output_muted():
+            os.write(2, b"native context\n")
+            raise RuntimeError("failed")
+    assert "native context" in capfd.readouterr().err
+
+
+def test_tflite_quantizer_prints_nothing(lowered, plan, tmp_path, capfd):
+    """ai-edge-quantizer draws tqdm bars for models over 100 ops (the decoder has more)."""
+    capfd.readouterr()
+    lm = compress("tflite", fresh(lowered, "tflite", tmp_path), plan.components[COMPONENT], "int8", {})
+    assert lm.compression == "int8"
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.slow
+def test_tflite_int8_quiet_cli_is_silent(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL", "MD_EXPORT_DEBUG")}
+    entry = "from md_export.cli.app import entry; entry()"  # what the md-export script runs
+    run = subprocess.run([sys.executable, "-c", entry, "tflite", "--quantize", "int8", "-q", "--no-check",
+                          "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=1800)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out" / "tflite" / "unet.tflite").is_file()
+    assert (run.stdout, run.stderr) == ("", "")
