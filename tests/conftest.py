@@ -35,3 +35,42 @@ def bundle_copy(default_export, tmp_path):
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory):
+    """name -> that family's tiny random-weight checkpoint (seed 0), written by `init` once per session."""
+    from md_export.families.build import init_checkpoint
+
+    root = tmp_path_factory.mktemp("families")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = init_checkpoint(name, root / name, size="tiny", seed=0)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def recipe_export(family_checkpoint, tmp_path_factory):
+    """(recipe name, target) -> ExportResult of that shipped recipe on its family's tiny checkpoint
+    at the checkpoint's own size, exported once per session (tests share the cell)."""
+    from md_export.checkpoint import Checkpoint
+    from md_export.export import ExportOptions, export
+    from md_export.recipe import apply_recipe, load_recipe
+
+    root = tmp_path_factory.mktemp("recipe_exports")
+    done: dict[tuple[str, str], object] = {}
+
+    def get(name: str, target: str):
+        if (name, target) not in done:
+            recipe = load_recipe(name)
+            ck = Checkpoint.open(family_checkpoint(recipe.family))
+            size = ck.unet_config["sample_size"] * 8
+            base = ExportOptions(targets=(target,), out=root / name, height=size, width=size, command="pytest")
+            (done[name, target],) = export(ck, apply_recipe(recipe, base, given={"targets", "height", "width"}))
+        return done[name, target]
+
+    return get

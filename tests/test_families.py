@@ -22,10 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpts(tmp_path_factory):
-    """Every family's tiny checkpoint, written once by `init`."""
-    root = tmp_path_factory.mktemp("families")
-    return {name: init_checkpoint(name, root / name, size="tiny", seed=0) for name in sorted(EXPECTED)}
+def tiny_ckpts(family_checkpoint):
+    """Every family's tiny checkpoint, written once per session by `init` (tests/conftest.py)."""
+    return {name: family_checkpoint(name) for name in sorted(EXPECTED)}
 
 
 # -- registry ---------------------------------------------------------------------------------------
@@ -227,42 +226,7 @@ def test_mobilediffusion_save_load_roundtrip(tmp_path):
         MobileDiffusionUNet.from_pretrained(tmp_path / "unet")
 
 
-# -- exports: each family through its recipe's targets, with parity ----------------------------------------
-
-FAST = {"mobilediffusion": "coreml", "lcm": "onnx", "bk-sdm-tiny": "tflite"}  # the rest: -m slow
-
-
-def _export_and_check(folder: Path, name: str, target: str, out: Path):
-    from md_export.export import ExportOptions, export
-    from md_export.parity.check import check_bundle
-    from md_export.recipe import apply_recipe, load_recipe
-
-    recipe = load_recipe(REPO / "recipes" / f"{name}.toml")
-    assert target in recipe.targets
-    ck = Checkpoint.open(folder)
-    size = ck.unet_config["sample_size"] * 8
-    base = ExportOptions(targets=(target,), out=out, height=size, width=size, command="pytest")
-    options = apply_recipe(recipe, base, given={"targets", "height", "width"})
-    (result,) = export(ck, options)
-    m = result.manifest
-    assert m["source"]["family"] == name and m["source"]["recipe"].endswith(f"{name}.toml")
-    assert m["parity_floors"] == dict(recipe.target[target].parity)
-    assert m["pipeline"]["unet_batch"] == get_family(name).unet_batch()
-    report = check_bundle(result.bundle, end_to_end=False, samples=1)
-    assert report.summary()["status"] == "pass", report.summary()
-    floors = {c.model: c.threshold_psnr for c in report.checks}
-    assert floors["unet"] == recipe.target[target].parity.get("unet", recipe.target[target].parity.get("all"))
-    return m
-
-
-@pytest.mark.parametrize("name,target", sorted(FAST.items()))
-def test_family_exports_with_parity(tiny_ckpts, tmp_path, name, target):
-    m = _export_and_check(tiny_ckpts[name], name, target, tmp_path)
-    if name == "lcm":
-        assert [i["name"] for i in m["models"]["unet"]["inputs"]][-1] == "timestep_cond"
-        assert m["pipeline"]["guidance"] == "embedded"
-    if name == "bk-sdm-tiny":
-        assert len(m["models"]["unet"]["inputs"]) == 3
+# -- exports: each recipe through each of its targets is tests/test_recipes.py::test_recipe_exports_and_checks --
 
 
 @pytest.mark.parametrize("name,batch,guidance,steps", [("sd-turbo", 1, "none", 1), ("lcm", 1, "embedded", 4),
@@ -311,13 +275,6 @@ def test_inspect_with_a_recipe(tiny_ckpts, tmp_path, capsys):
     assert (data["pipeline"]["default_steps"], data["pipeline"]["scheduler"], data["pipeline"]["image_height"]) == (6, "euler", 64)
     assert main(["inspect", str(tiny_ckpts["lcm"]), "--recipe", "mobilediffusion-ios"]) == 2  # another family's recipe
     assert "recipe is for family 'mobilediffusion'" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-@pytest.mark.parametrize("target", ["coreml", "tflite", "onnx"])
-def test_family_full_matrix(tiny_ckpts, tmp_path, name, target):
-    _export_and_check(tiny_ckpts[name], name, target, tmp_path)
 
 
 @pytest.mark.slow

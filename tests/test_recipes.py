@@ -10,7 +10,7 @@ import pytest
 
 from md_export.errors import InputError
 from md_export.export import ExportOptions
-from md_export.families import all_families
+from md_export.families import all_families, get_family
 from md_export.recipe import Recipe, apply_recipe, load_recipe, lora_pairs, shipped_recipes, validate_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,11 +193,9 @@ def test_lora_pairs():
 # -- through the CLI -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bk_tiny(tmp_path_factory):
-    from md_export.families.build import init_checkpoint
-
-    return init_checkpoint("bk-sdm-tiny", tmp_path_factory.mktemp("bk") / "ckpt", size="tiny", seed=1)
+@pytest.fixture
+def bk_tiny(family_checkpoint):
+    return family_checkpoint("bk-sdm-tiny")
 
 
 def test_cli_unregistered_level_fails_before_work(bk_tiny, tmp_path, capsys):
@@ -242,20 +240,68 @@ def test_cli_recipe_export_records_floors_and_check_uses_them(bk_tiny, tmp_path,
     assert over.summary()["status"] == "fail" and {c.threshold_psnr for c in over.checks} == {500.0}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["mobilediffusion-ios", "mobilediffusion-android"])
-def test_shipping_mobilediffusion_recipes(tmp_path, recipe):
-    """The two shipping recipes on a tiny MobileDiffusion: compressed, and still within their floors."""
-    from md_export.checkpoint import Checkpoint
-    from md_export.export import export
-    from md_export.families.build import init_checkpoint
-    from md_export.parity.check import check_bundle
+# -- every recipe exports through each of its targets and passes `md-export check` -------------------------
 
-    ck = Checkpoint.open(init_checkpoint("mobilediffusion", tmp_path / "ckpt"))
-    r = load_recipe(REPO / "recipes" / f"{recipe}.toml")
-    o = apply_recipe(r, ExportOptions(out=tmp_path / "out", height=128, width=128), given={"height", "width"})
-    (res,) = export(ck, o)
-    (t,) = r.targets
-    assert res.manifest["models"]["unet"]["compression"] != "none"
-    assert res.manifest["models"]["vae_decoder"]["compression"] == "none"
-    assert check_bundle(res.bundle, end_to_end=True, samples=1).summary()["status"] == "pass"
+# Cells (recipe, target) in the fast suite; every other cell carries the slow mark (`-m slow`).
+# Export time is bound by the op count, which the tiny configs keep (same topology as full size),
+# not by the width: one cell costs about 20-30 s of CPU for ONNX, 45-65 s for Core ML and 65-105 s
+# for TFLite (see issue 6), so the fast suite runs the two shipping recipes and every family's
+# ONNX export; bk-sdm-tiny's ONNX export runs in test_cli_recipe_export_records_floors_and_check_uses_them,
+# and small-sd / tiny-sd export exactly what bk-sdm-small / bk-sdm-tiny do (test_segmind_recipes_are_bk_sdm).
+FAST_CELLS = {("mobilediffusion-ios", "coreml"), ("mobilediffusion-android", "tflite")} | {
+    (f, "onnx") for f in ("bk-sdm-base", "bk-sdm-small", "lcm", "mobilediffusion", "sd-turbo", "sd15", "sd21", "snapfusion")}
+CELLS = [(p.stem, t) for p in RECIPES for t in load_recipe(p).targets]
+
+
+def _cell(name, target):
+    return pytest.param(name, target, id=f"{name}-{target}", marks=() if (name, target) in FAST_CELLS else pytest.mark.slow)
+
+
+def test_fast_cells_cover_every_recipe_and_target():
+    assert FAST_CELLS <= set(CELLS)
+    assert {t for _, t in FAST_CELLS} == {"coreml", "tflite", "onnx"}
+    covered = {r for r, _ in FAST_CELLS} | {"bk-sdm-tiny", "small-sd", "tiny-sd"}  # see FAST_CELLS
+    assert covered == {p.stem for p in RECIPES}
+
+
+@pytest.mark.parametrize("segmind,bk", [("small-sd", "bk-sdm-small"), ("tiny-sd", "bk-sdm-tiny")])
+def test_segmind_recipes_are_bk_sdm(segmind, bk):
+    """segmind's recipes and tiny checkpoints are BK-SDM's under another name, so the fast suite
+    exports the BK-SDM one only; this fails when they diverge."""
+    a, b = get_family(segmind), get_family(bk)
+    assert a.configs("tiny") == b.configs("tiny")
+    ra, rb = load_recipe(segmind), load_recipe(bk)
+    same = ("height", "width", "targets", "steps", "scheduler", "unet_batch", "with_encoder", "target")
+    assert all(getattr(ra, k) == getattr(rb, k) for k in same)
+
+
+@pytest.mark.parametrize("name,target", [_cell(*c) for c in CELLS])
+def test_recipe_exports_and_checks(recipe_export, family_checkpoint, name, target):
+    """The shipped recipe on its family's tiny checkpoint: the manifest records the recipe's
+    compression, floors and pipeline facts (what `inspect` shows), and the bundle passes the check."""
+    from md_export.checkpoint import Checkpoint
+    from md_export.inspect import inspect_checkpoint
+    from md_export.parity.check import check_bundle
+    from md_export.recipe import ComponentRecipe
+
+    recipe = load_recipe(name)
+    tr = recipe.target[target]
+    result = recipe_export(name, target)
+    m = result.manifest
+    assert m["source"]["family"] == recipe.family and m["source"]["recipe"].endswith(f"{name}.toml")
+    assert m["parity_floors"] == dict(tr.parity)
+    for comp, entry in m["models"].items():
+        assert entry["compression"] == (tr.components.get(comp, ComponentRecipe()).compression or tr.compression or "none"), comp
+    pipe = m["pipeline"]
+    assert (pipe["default_steps"], pipe["scheduler"], pipe["unet_batch"]) == (recipe.steps, recipe.scheduler, recipe.unet_batch)
+    ck = Checkpoint.open(family_checkpoint(recipe.family))
+    assert inspect_checkpoint(ck, recipe, height=pipe["image_height"], width=pipe["image_width"])["pipeline"] == pipe
+    if ck.unet_config.get("time_cond_proj_dim"):
+        assert m["models"]["unet"]["inputs"][-1]["name"] == "timestep_cond" and pipe["guidance"] == "embedded"
+    else:
+        assert [i["name"] for i in m["models"]["unet"]["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    report = check_bundle(result.bundle, end_to_end=False, samples=1)
+    assert report.summary()["status"] == "pass", report.summary()
+    for c in report.checks:
+        if c.model in tr.parity or "all" in tr.parity:
+            assert c.threshold_psnr == tr.parity.get(c.model, tr.parity.get("all")), c.model
