@@ -102,8 +102,11 @@ class MemoryMeter:
 
 def time_calls(fn, warmup: int, runs: int):
     """Median/min wall time of `runs` calls after `warmup` calls; returns (stats, last output)."""
-    for _ in range(warmup):
+    warm = []
+    for _ in range(warmup):  # the first call includes one-time work (XNNPACK packs weights, ORT allocates)
+        t0 = time.perf_counter()
         fn()
+        warm.append(round((time.perf_counter() - t0) * 1000.0, 3))
     times, cpu, out = [], [], None
     for _ in range(max(runs, 1)):
         c0, t0 = time.process_time(), time.perf_counter()
@@ -113,7 +116,7 @@ def time_calls(fn, warmup: int, runs: int):
     # CPU time of all the process's threads: a hint of how much the machine's other load stretched
     # the wall time (wall ~ cpu / threads when nothing else runs; thread pools that spin count too)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "runs_ms": [round(t, 3) for t in times],
-            "cpu_ms_median": statistics.median(cpu)}, out
+            "cpu_ms_median": statistics.median(cpu), "warmup_ms": warm}, out
 
 
 def agreement(ref: np.ndarray | None, out) -> dict | None:
@@ -371,7 +374,8 @@ def table(result: dict) -> str:
                 ms, ratio = f"{r['median_ms']:.1f}", "1 (reference)" if key == "pytorch" else f"{r['ratio']:.3g}"
             else:
                 ms, ratio = "no latency on Linux (not evaluated)", "n/a"
-            label = key if key == "pytorch" else f"{key} ({r.get('compression') or r.get('precision') or ''})".replace(" ()", "")
+            kind = r.get("compression") if r.get("compression") not in (None, "none") else r.get("precision")
+            label = key if key == "pytorch" or not kind else f"{key} ({kind})"
             psnr = (r.get("agreement") or {}).get("psnr_db")
             peak = r.get("peak_rss_bytes")
             cpu = r.get("cpu_ms_median")
