@@ -156,3 +156,12 @@ def test_generate_writes_png(default_export, tmp_path, capsys):
     img = Image.open(png)
     assert img.size == (128, 128) and img.mode == "RGB"
     assert np.asarray(img).std() > 0
+
+
+def test_quiet_check_prints_nothing(bundle_copy, capfd):
+    """-q: not even the TFLite runtime's C++ "Created TensorFlow Lite XNNPACK delegate" line."""
+    bundle = bundle_copy("tflite")
+    capfd.readouterr()
+    assert main(["check", str(bundle), "-q", "--samples", "1", "--no-e2e"]) == 0
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
