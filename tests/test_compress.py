@@ -374,3 +374,16 @@ def test_tflite_int8_quiet_cli_is_silent(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "out" / "tflite" / "unet.tflite").is_file()
     assert (run.stdout, run.stderr) == ("", "")
+
+
+def test_onnx_w8a8_over_2gb_is_refused_with_a_reason(tmp_path):
+    """A model the exporter had to write with external data (> 2 GB) is refused by name, before
+    any calibration work, rather than failing inside protobuf."""
+    from md_export.backends.base import LoweredModel
+    from md_export.compress import compress
+    from md_export.components import ComponentPlan
+    from md_export.errors import ConversionError
+
+    lowered = LoweredModel("unet", tmp_path / "unet.onnx", "fp32", notes=["external data"])
+    with pytest.raises(ConversionError, match="w8a8 of 'unet'.*2 GB"):
+        compress("onnx", lowered, ComponentPlan("unet", [], []), "w8a8", {})

@@ -265,6 +265,10 @@ def apply(lowered, component, level, context: dict):
     elif level.kind == "w8a8":
         from ..calibration import calibration_feeds
 
+        if "external data" in lowered.notes:  # quantize_static here reads and writes single-file models only
+            raise ConversionError(f"onnx: w8a8 of '{component.name}' is not supported over 2 GB (external data) yet; "
+                                  "use --quantize int8 for ONNX, or w8a8 in TFLite or Core ML")
+
         feeds = [{k: v for k, v in f.items()} for f in calibration_feeds(component, context)]
         copies = w8a8(lowered.path, feeds)
         lowered.notes.append(f"QDQ static quantization: int8 weights per channel, uint8 activations, {len(feeds)} calibration inputs")
