@@ -244,9 +244,9 @@ def test_cli_recipe_export_records_floors_and_check_uses_them(bk_tiny, tmp_path,
 
 # Cells (recipe, target) in the fast suite; every other cell carries the slow mark (`-m slow`).
 # Export time is bound by the op count, which the tiny configs keep (same topology as full size),
-# not by the width: one cell costs about 20-30 s of CPU for ONNX, 45-65 s for Core ML and 65-105 s
-# for TFLite (see issue 6), so the fast suite runs the two shipping recipes and every family's
-# ONNX export; bk-sdm-tiny's ONNX export runs in test_cli_recipe_export_records_floors_and_check_uses_them,
+# not by the width: export + check of one cell took 22-44 s of CPU for ONNX, 34-65 s for Core ML
+# and 70-106 s for TFLite (issue 6; 35 cells in all, about half an hour), so the fast suite runs the
+# two shipping recipes and every family's ONNX export (about 4 minutes); bk-sdm-tiny's ONNX export runs in test_cli_recipe_export_records_floors_and_check_uses_them,
 # and small-sd / tiny-sd export exactly what bk-sdm-small / bk-sdm-tiny do (test_segmind_recipes_are_bk_sdm).
 FAST_CELLS = {("mobilediffusion-ios", "coreml"), ("mobilediffusion-android", "tflite")} | {
     (f, "onnx") for f in ("bk-sdm-base", "bk-sdm-small", "lcm", "mobilediffusion", "sd-turbo", "sd15", "sd21", "snapfusion")}
