@@ -246,8 +246,9 @@ def test_cli_recipe_export_records_floors_and_check_uses_them(bk_tiny, tmp_path,
 # Export time is bound by the op count, which the tiny configs keep (same topology as full size),
 # not by the width: export + check of one cell took 22-44 s of CPU for ONNX, 34-65 s for Core ML
 # and 70-106 s for TFLite (issue 6; 35 cells in all, about half an hour), so the fast suite runs the
-# two shipping recipes and every family's ONNX export (about 4 minutes); bk-sdm-tiny's ONNX export runs in test_cli_recipe_export_records_floors_and_check_uses_them,
-# and small-sd / tiny-sd export exactly what bk-sdm-small / bk-sdm-tiny do (test_segmind_recipes_are_bk_sdm).
+# two shipping recipes and every family's ONNX export (about 4 minutes). bk-sdm-tiny's ONNX export
+# runs in test_cli_recipe_export_records_floors_and_check_uses_them, and small-sd / tiny-sd export
+# exactly what bk-sdm-small / bk-sdm-tiny do (test_segmind_recipes_are_bk_sdm).
 FAST_CELLS = {("mobilediffusion-ios", "coreml"), ("mobilediffusion-android", "tflite")} | {
     (f, "onnx") for f in ("bk-sdm-base", "bk-sdm-small", "lcm", "mobilediffusion", "sd-turbo", "sd15", "sd21", "snapfusion")}
 CELLS = [(p.stem, t) for p in RECIPES for t in load_recipe(p).targets]
