@@ -206,8 +206,9 @@ class SegmindTiny(_Segmind):
 # (one more each, for the skip of the downsampler), so up counts are 3, 3, 3, 2 ResNets.
 # Image decoder: the SD VAE decoder at 50% of the channels.
 # Caveat: these counts were reconstructed from the paper's text, not checked cell by cell against
-# Table 3; at full size this config has 935.6M UNet parameters (SD 1.5: 859.5M) and 600 GFLOPs per
-# batch-1 step at 64x64 (SD 1.5: 677). Verify against the paper before quoting it as SnapFusion.
+# Table 3; at full size this config has 935.6M UNet parameters (SD 1.5: 859.5M) and 617 GFLOPs per
+# batch-1 step at 64x64 (SD 1.5: 803; attention products counted, benchmarks/family_table.py).
+# Verify against the paper before quoting it as SnapFusion.
 
 
 @register_family
