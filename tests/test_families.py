@@ -287,3 +287,13 @@ def test_full_size_parameter_counts():
         cls = unet_class(get_family(name).unet_config("full"))
         cfg = {k: v for k, v in get_family(name).unet_config("full").items() if k != "_class_name"}
         assert abs(count_parameters(cls(**cfg)) - n) / n < 0.01, name
+
+
+def test_families_name_their_shipped_recipes():
+    """`md-export families` names what `--recipe` takes for each family; every shipped recipe is listed once."""
+    from md_export.families import all_families
+    from md_export.recipe import shipped_recipes
+
+    listed = {f.name: f.describe()["recipes"] for f in all_families().values()}
+    assert "mobilediffusion-ios" in listed["mobilediffusion"] and listed["sd15"] == ["sd15"]
+    assert sorted(r for names in listed.values() for r in names) == sorted(shipped_recipes())

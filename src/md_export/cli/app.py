@@ -247,7 +247,8 @@ def families_cmd(json_out: bool = JsonOpt):
         extra = " + timestep_cond" if d["timestep_cond"] else ""
         output.print(f"[bold]{d['name']:<16}[/] {d['description']}")
         output.print(f"{'':<17}text: {d['text_encoder']}; {d['resolution']}px; guidance {d['guidance']} (UNet batch {d['unet_batch']}{extra}); "
-                     f"{d['default_steps']} steps {d['scheduler']}; {d['prediction_type']}; recipe {d['recipe']}")
+                     f"{d['default_steps']} steps {d['scheduler']}; {d['prediction_type']}; "
+                     f"--recipe {', '.join(d['recipes']) or '(none shipped)'}")
     output.emit(data)
 
 

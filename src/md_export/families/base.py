@@ -141,8 +141,15 @@ class Family:
             "prediction_type": cls.prediction_type,
             "unet": full.get("_class_name", "UNet2DConditionModel"),
             "timestep_cond": bool(full.get("time_cond_proj_dim")),
-            "recipe": f"recipes/{cls.name}.toml",
+            "recipes": _recipes_of(cls.name),
         }
+
+
+def _recipes_of(family: str) -> list[str]:
+    """Names of the shipped recipes for a family (what `--recipe NAME` takes)."""
+    from ..recipe import load_recipe, shipped_recipes
+
+    return sorted(name for name, path in shipped_recipes().items() if load_recipe(path).family == family)
 
 
 def _as_list(v, n):
