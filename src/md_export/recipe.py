@@ -23,7 +23,7 @@ md-export has not registered yet and fail clearly when used.
     compression = "palettize-6"
     minimum_deployment_target = "iOS17"
     compute_units = "ALL"
-    chunk_over_mb = 1000             # split the UNet when its package is larger (recorded; see notes)
+    chunk_over_mb = 1000             # split the UNet into pieces under 1 GB when its package is larger
 
     [coreml.components.text_encoder] # per-component overrides
     compression = "none"
