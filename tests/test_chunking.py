@@ -128,3 +128,30 @@ def test_recipe_chunk_over_mb_reaches_export_options():
     options = apply_recipe(recipe, ExportOptions(targets=("coreml",)))
     assert options.chunk_over_mb == 1000 and options.chunk_unet is False
     assert replace(options, chunk_over_mb=None).chunk_over_mb is None
+
+
+def test_palettized_unet_chunks_chain_to_the_whole(default_export, tmp_path):
+    """The issue's command, `--quantize palettize-6 --chunk-unet`: chunking runs after compression
+    and keeps it (the pieces add up to the palettized package, not to the fp16 one)."""
+    from md_export.backends.base import LoweredModel
+    from md_export.bundle import path_bytes
+    from md_export.checkpoint import Checkpoint
+    from md_export.components import attach_modules, make_plan
+    from md_export.compress import compress
+    from md_export.compress.chunk import chunk_in_bundle
+
+    bundle = tmp_path / "coreml"
+    bundle.mkdir()
+    shutil.copytree(default_export["coreml"].bundle / "unet.mlpackage", bundle / "unet.mlpackage")
+    ckpt = Checkpoint.open(None)
+    plan = make_plan(ckpt)
+    attach_modules(plan, ckpt)
+    comp = plan.components["unet"]
+    fp16_bytes = path_bytes(bundle / "unet.mlpackage")
+    lowered = compress("coreml", LoweredModel("unet", bundle / "unet.mlpackage", "fp16"), comp, "palettize-6", {})
+    palettized = path_bytes(lowered.path)
+    assert palettized < 0.8 * fp16_bytes
+    fields = chunk_in_bundle(lowered.path, comp, limit=10**9, min_chunks=2)
+    assert len(fields["chunks"]) == 2 and fields["chunk_check"]["identical"]
+    total = sum(c["bytes"] for c in fields["chunks"])
+    assert total < 1.1 * palettized  # the cut adds only graph bytes; no weight went back to fp16
