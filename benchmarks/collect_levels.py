@@ -62,8 +62,9 @@ def compact(argv):
             levels = "+".join(sorted({e.get("compression", "none") for e in models}))
             total = sum(e["bytes"] for e in models)
             ideal = sum(e.get("ideal_bytes") or 0 for e in models)
-            budget = {e.get("size", {}).get("within_budget") for e in models}
-            budget_text = "yes" if budget == {True} else ("no" if False in budget else "-")
+            over = [name for name, e in m["models"].items() if e.get("size", {}).get("within_budget") is False]
+            known = all("within_budget" in e.get("size", {}) for e in models)
+            budget_text = f"no ({', '.join(over)})" if over else ("yes" if known else "-")
             worst, status = _worst_checks(manifest.parent)
             psnr = " / ".join(_db(worst.get(c, (None,))[0]) for c in COMPONENTS)
             below = [f"{c} {_db(v)} < {floor:g}" for c, (v, st, floor) in worst.items() if st == "fail"]
