@@ -387,3 +387,32 @@ def test_onnx_w8a8_over_2gb_is_refused_with_a_reason(tmp_path):
     lowered = LoweredModel("unet", tmp_path / "unet.onnx", "fp32", notes=["external data"])
     with pytest.raises(ConversionError, match="w8a8 of 'unet'.*2 GB"):
         compress("onnx", lowered, ComponentPlan("unet", [], []), "w8a8", {})
+
+
+def test_coreml_w8a8_text_encoder(default_export, tmp_path):
+    """Core ML W8A8 on the text encoder, whose program holds integer ops (token-id wrapping before
+    the embedding gather) that have no activation range: they are left alone, the rest quantized."""
+    import shutil
+
+    from md_export.backends.base import LoweredModel
+    from md_export.checkpoint import Checkpoint
+    from md_export.components import attach_modules, make_plan
+    from md_export.compress import compress
+    from md_export.export import ExportOptions
+    from md_export.milrun import MilEvaluator
+    from md_export.parity.metrics import compare
+    from md_export.parity.thresholds import floor_for
+
+    path = tmp_path / "text_encoder.mlpackage"
+    shutil.copytree(default_export["coreml"].bundle / "text_encoder.mlpackage", path)
+    ckpt = Checkpoint.open(None)
+    plan = make_plan(ckpt)
+    attach_modules(plan, ckpt)
+    comp = plan.components["text_encoder"]
+    out = compress("coreml", LoweredModel("text_encoder", path, "fp16"), comp, "w8a8",
+                   {"plan": plan, "checkpoint": ckpt, "options": ExportOptions()})
+    assert out.compression == "w8a8"
+    ids = comp.example_inputs(3)[0]
+    ref = comp.module(ids).detach().numpy()
+    got = MilEvaluator(out.path).predict({"input_ids": ids.numpy()})["last_hidden_state"]
+    assert compare(ref, got)["psnr"] >= floor_for("text_encoder", "fp16", {}, "w8a8")

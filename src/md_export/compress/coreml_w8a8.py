@@ -38,6 +38,17 @@ def activation_stats(path, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict
     return stats
 
 
+def _integer_op_names(model) -> list[str]:
+    """Names of the program's ops whose outputs are not floating point."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.converters.mil.mil import types
+
+    spec = model.get_spec()
+    prog = milproto.load(spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir)
+    return [op.name for f in prog.functions.values() for op in f.operations
+            if op.outputs and not all(types.is_float(o.dtype) for o in op.outputs)]
+
+
 def apply_w8a8(lowered, component, context: dict) -> None:
     import coremltools.optimize.coreml as cto
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
@@ -49,8 +60,11 @@ def apply_w8a8(lowered, component, context: dict) -> None:
     feeds = calibration_feeds(component, context, limit=8)
     stats = activation_stats(lowered.path, feeds)
     model = load(lowered.path)
+    # integer ops (e.g. the add that wraps negative token ids before the embedding gather) have no
+    # activation range to quantize: coremltools' passes would ask for one and fail
+    skip = {name: None for name in _integer_op_names(model)}
     cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
-                                                                           weight_threshold=1))
+                                                                           weight_threshold=1), op_name_configs=skip)
     passes = []
     for key in ("compression::insert_prefix_quantize_dequantize_pair", "compression::insert_suffix_quantize_dequantize_pair"):
         p = PASS_REGISTRY[key]
