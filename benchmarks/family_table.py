@@ -58,8 +58,8 @@ KNOWN_MEASURED = {
 
 def build_on_meta(family: str, size: str = "full"):
     """(text encoder, UNet, VAE decoder) as the exporter wraps them, with no storage behind them."""
-    from md_export.components import VAEDecoderWrapper
-    from md_export.families.build import build_components
+    from md_export.components.plan import VAEDecoderWrapper
+    from md_export.checkpoint.init import build_components
 
     with torch.device("meta"):
         unet, text, vae = build_components(family, size)
@@ -101,7 +101,7 @@ def flops(module: nn.Module, **inputs) -> dict[str, int]:
 
 
 def family_numbers(name: str) -> dict:
-    from md_export.families import get_family
+    from md_export.families.registry import get_family
 
     fam = get_family(name)
     cfgs = fam.configs("full")
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     args = ap.parse_args(argv)
 
-    from md_export.families import all_families
+    from md_export.families.registry import all_families
 
     names = args.families.split(",") if args.families else list(all_families())
     numbers = {n: family_numbers(n) for n in names}

@@ -43,7 +43,8 @@ def _component(batch: int = 2, latent: int = 64, with_module: bool = True):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from md_export.components import ComponentPlan, TensorSpec, UNetWrapper
+    from md_export.components.plan import ComponentPlan, UNetWrapper
+    from md_export.core.spec import TensorSpec
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET).eval() if with_module else None
@@ -67,36 +68,36 @@ def _record(work: Path, stage: str, data: dict) -> None:
 
 
 def _size(path: Path) -> int:
-    from md_export.bundle import path_bytes
+    from md_export.core.io import path_bytes
 
     return path_bytes(path)
 
 
 def stage_convert(work: Path, target: str) -> dict:
-    from md_export.backends.base import LowerOptions, get_backend
-    from md_export.capture import capture
-    from md_export.components import count_parameters
+    from md_export.export import lower_at
+    from md_export.lower.base import LowerOptions
+    from md_export.capture.torch_export import capture
+    from md_export.components.plan import count_parameters
 
     t0 = time.perf_counter()
     comp = _component()
     params = count_parameters(comp.module)
     out = work / f"fp_{target}"
     out.mkdir(parents=True, exist_ok=True)
-    backend = get_backend(target)
     t1 = time.perf_counter()
     if target == "coreml":
         ep = capture(comp)
-        lowered = backend.lower(comp, ep, out, LowerOptions("fp16", "iOS17"))
+        lowered = lower_at(target, comp, ep, out, LowerOptions("fp16", "iOS17"))
     else:
-        lowered = backend.lower(comp, None, out, LowerOptions("fp32"))
+        lowered = lower_at(target, comp, None, out, LowerOptions("fp32"))
     t2 = time.perf_counter()
     return {"parameters": params, "path": str(lowered.path), "bytes": _size(lowered.path),
             "build_seconds": round(t1 - t0, 1), "convert_seconds": round(t2 - t1, 1), "peak_rss_bytes": _peak_rss_bytes()}
 
 
 def stage_quantize(work: Path, target: str) -> dict:
-    from md_export.backends.base import LoweredModel
-    from md_export.compress import compress
+    from md_export.lower.base import LoweredModel
+    from md_export.compress.apply import compress
 
     src = json.loads((work / "results.json").read_text())[f"convert-{target}"]
     src_path = Path(src["path"])

@@ -124,7 +124,7 @@ def time_calls(fn, warmup: int, runs: int):
 def agreement(ref: np.ndarray | None, out) -> dict | None:
     if ref is None:
         return None
-    from md_export.parity.metrics import compare
+    from md_export.core.metrics import compare
 
     m = compare(ref, np.asarray(out, dtype=np.float32))
     return {"psnr_db": round(m["psnr"], 2), "cosine": round(m["cosine"], 6), "max_abs": m["max_abs"]}
@@ -213,7 +213,7 @@ def milrun_loader(path: Path, feeds: dict[str, np.ndarray], out_name: str):
 
 
 def _file_bytes(path: Path) -> int:
-    from md_export.bundle import path_bytes
+    from md_export.core.io import path_bytes
 
     return path_bytes(path)
 
@@ -231,10 +231,11 @@ def _artifact_entry(meter, target, loader, warmup, runs, evaluator_runs, ref, ba
 def bench_bundles(a) -> dict:
     import torch
 
-    from md_export.bundle import find_bundles, read_manifest
-    from md_export.components import COMPONENT_ORDER, attach_modules, count_parameters, make_plan
-    from md_export.errors import InputError
-    from md_export.parity.check import InputFactory, reference_checkpoint
+    from md_export.core.manifest import find_bundles, read_manifest
+    from md_export.core.names import COMPONENTS
+    from md_export.components.plan import attach_modules, count_parameters, make_plan
+    from md_export.core.errors import InputError
+    from md_export.verify.check import InputFactory, reference_checkpoint
 
     bundles = [(b, read_manifest(b)) for b in find_bundles(a.path)]
     first, manifest = bundles[0]
@@ -253,7 +254,7 @@ def bench_bundles(a) -> dict:
     attach_modules(plan, ckpt)
     factory = InputFactory(first, manifest, plan, seed=0, samples=3)  # sample 1: a real prompt, timestep 500
     meter = MemoryMeter()
-    names = [n for n in COMPONENT_ORDER if any(n in m["models"] for _, m in bundles)]
+    names = [n for n in COMPONENTS if any(n in m["models"] for _, m in bundles)]
     result = {"components": {}}
     for name in names:
         comp = plan.components[name]
@@ -294,7 +295,7 @@ def bench_sd15_unet(a) -> dict:
     import torch
     from int8_full_unet import _component
 
-    from md_export.components import count_parameters
+    from md_export.components.plan import count_parameters
 
     meter = MemoryMeter()
     with meter.phase() as build_mem:
@@ -412,7 +413,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from md_export.errors import MdExportError
+    from md_export.core.errors import MdExportError
 
     torch.set_num_threads(a.threads)
     try:

@@ -38,11 +38,12 @@ SD15_TINY = dict(
 
 
 def unet_component(which: str):
-    from md_export.components import ComponentPlan, TensorSpec, UNetWrapper
+    from md_export.components.plan import ComponentPlan, UNetWrapper
+    from md_export.core.spec import TensorSpec
 
     if which == "default":
-        from md_export.checkpoint import Checkpoint
-        from md_export.components import attach_modules, make_plan
+        from md_export.checkpoint.folder import Checkpoint
+        from md_export.components.plan import attach_modules, make_plan
 
         ckpt = Checkpoint.open(None)
         plan = make_plan(ckpt)
@@ -61,10 +62,11 @@ def unet_component(which: str):
     )
 
 
-def psnr_of(backend, lm, comp, samples=2) -> float:
-    from md_export.parity.metrics import compare
+def psnr_of(target, lm, comp, samples=2) -> float:
+    from md_export.core.metrics import compare
+    from md_export.runtime.open import open_file
 
-    run = backend.load(lm.path, {"signature": lm.signature} if lm.signature else {})
+    run = open_file(target, lm.path, {"signature": lm.signature} if lm.signature else {})
     worst = math.inf
     for i in range(samples):
         args = comp.example_inputs(seed=i)
@@ -76,10 +78,11 @@ def psnr_of(backend, lm, comp, samples=2) -> float:
 
 
 def main(argv=None) -> int:
-    from md_export.backends.base import LoweredModel, LowerOptions, get_backend
-    from md_export.bundle import path_bytes
-    from md_export.capture import capture
-    from md_export.compress import compress
+    from md_export.export import lower_at
+    from md_export.lower.base import LoweredModel, LowerOptions
+    from md_export.core.io import path_bytes
+    from md_export.capture.torch_export import capture
+    from md_export.compress.apply import compress
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--unet", choices=("default", "sd15-tiny"), default="sd15-tiny")
@@ -93,12 +96,11 @@ def main(argv=None) -> int:
     rows = json.loads(a.out.read_text()) if a.out.is_file() else []
     work = Path(tempfile.mkdtemp(prefix="levels_"))
     for target in a.targets.split(","):
-        backend = get_backend(target)
         base_dir = work / f"{target}_base"
         base_dir.mkdir()
-        base = backend.lower(comp, ep, base_dir, LowerOptions("fp16" if target == "coreml" else "fp32"))
+        base = lower_at(target, comp, ep, base_dir, LowerOptions("fp16" if target == "coreml" else "fp32"))
         rows.append({"unet": a.unet, "target": target, "level": "none", "precision": base.precision, "bytes": path_bytes(base.path),
-                     "ideal_bytes": params * (2 if target == "coreml" else 4), "psnr": psnr_of(backend, base, comp)})
+                     "ideal_bytes": params * (2 if target == "coreml" else 4), "psnr": psnr_of(target, base, comp)})
         print(json.dumps(rows[-1]), flush=True)
         wanted = [x for x in a.levels.split(",") if x] or LEVELS[target]
         for level in wanted:
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
                 row = {"unet": a.unet, "target": target, "level": level, "precision": lm.precision, "seconds": round(time.perf_counter() - t0, 1),
                        **{k: lm.size.get(k) for k in ("bytes", "ideal_bytes", "ratio_to_ideal", "bits", "within_budget", "budget_bytes",
                                                       "overhead_bytes", "side_bytes", "kept_excess_bytes")},
-                       "psnr": psnr_of(backend, lm, comp), "notes": lm.notes}
+                       "psnr": psnr_of(target, lm, comp), "notes": lm.notes}
             except Exception as e:  # one level failing must not hide the others
                 row = {"unet": a.unet, "target": target, "level": level, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             rows.append(row)

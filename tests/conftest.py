@@ -17,8 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 @pytest.fixture(scope="session")
 def default_export(tmp_path_factory):
     """out/ with coreml, tflite and onnx bundles of the default model (no parity run yet)."""
-    from md_export.checkpoint import Checkpoint
-    from md_export.export import ExportOptions, export
+    from md_export.checkpoint.folder import Checkpoint
+    from md_export.config.options import ExportOptions
+    from md_export.export import export
 
     out = tmp_path_factory.mktemp("default_export")
     results = export(Checkpoint.open(None), ExportOptions(out=out, command="pytest"))
@@ -40,7 +41,7 @@ def bundle_copy(default_export, tmp_path):
 @pytest.fixture(scope="session")
 def family_checkpoint(tmp_path_factory):
     """name -> that family's tiny random-weight checkpoint (seed 0), written by `init` once per session."""
-    from md_export.families.build import init_checkpoint
+    from md_export.checkpoint.init import init_checkpoint
 
     root = tmp_path_factory.mktemp("families")
     made: dict[str, Path] = {}
@@ -57,9 +58,11 @@ def family_checkpoint(tmp_path_factory):
 def recipe_export(family_checkpoint, tmp_path_factory):
     """(recipe name, target) -> ExportResult of that shipped recipe on its family's tiny checkpoint
     at the checkpoint's own size, exported once per session (tests share the cell)."""
-    from md_export.checkpoint import Checkpoint
-    from md_export.export import ExportOptions, export
-    from md_export.recipe import apply_recipe, load_recipe
+    from md_export.checkpoint.folder import Checkpoint
+    from md_export.config.options import ExportOptions
+    from md_export.export import export
+    from md_export.config.recipe import load_recipe
+    from md_export.config.resolve import apply_recipe
 
     root = tmp_path_factory.mktemp("recipe_exports")
     done: dict[tuple[str, str], object] = {}

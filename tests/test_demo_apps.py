@@ -115,8 +115,8 @@ def test_chunked_fixture_is_a_bundle_md_export_reads(tmp_path):
     """The fixture is an md-export manifest: md_export's own reader accepts it with its files present."""
     import json
 
-    from md_export.backends.base import model_files
-    from md_export.bundle import read_manifest
+    from md_export.core.manifest import model_files
+    from md_export.core.manifest import read_manifest
 
     manifest = _chunked_fixture()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))

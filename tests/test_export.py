@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from md_export.backends.base import get_backend
-from md_export.bundle import path_sha256, read_manifest
-from md_export.checkpoint import Checkpoint
-from md_export.components import attach_modules, make_plan
+from md_export.export import lower_at
+from md_export.runtime.open import open_file
+from md_export.core.io import path_sha256
+from md_export.core.manifest import read_manifest
+from md_export.checkpoint.folder import Checkpoint
+from md_export.components.plan import attach_modules, make_plan
 
 TARGETS = ("coreml", "tflite", "onnx")
 MODELS = ("text_encoder", "unet", "vae_decoder")
@@ -86,7 +88,7 @@ def test_runtime_io_matches_manifest(default_export, target, model):
 def test_outputs_match_pytorch(default_export, reference, target, model):
     bundle = default_export[target].bundle
     entry = read_manifest(bundle)["models"][model]
-    run = get_backend(target).load(bundle / entry["file"], entry)
+    run = open_file(target, bundle / entry["file"], entry)
     comp = reference.components[model]
     args = comp.example_inputs(seed=3)
     with torch.no_grad():
@@ -94,7 +96,7 @@ def test_outputs_match_pytorch(default_export, reference, target, model):
     out = run({s.name: a.numpy() for s, a in zip(comp.inputs, args)})[comp.outputs[0].name]
     assert out.shape == ref.shape
     if target == "coreml":  # fp16 compute: judged by PSNR, as md-export check does
-        from md_export.parity.metrics import psnr
+        from md_export.core.metrics import psnr
 
         assert psnr(ref, out) >= 40.0
     else:
@@ -109,12 +111,12 @@ def test_manifest_is_strict_json(default_export):
 @pytest.mark.parametrize("fp32_ops, expected", [((), np.float16), (("softmax",), np.float32)])
 def test_coreml_keeps_requested_ops_in_fp32(reference, tmp_path, fp32_ops, expected):
     """The softmax-fp32 rewrite's hint reaches coremltools: softmax computes in fp32 inside fp16."""
-    from md_export.backends.base import LowerOptions
-    from md_export.capture import capture
+    from md_export.lower.base import LowerOptions
+    from md_export.capture.torch_export import capture
     from md_export.milrun import MilEvaluator
 
     comp = reference.components["text_encoder"]
-    lowered = get_backend("coreml").lower(comp, capture(comp), tmp_path, LowerOptions("fp16", extra={"fp32_ops": fp32_ops}))
+    lowered = lower_at("coreml", comp, capture(comp), tmp_path, LowerOptions("fp16", extra={"fp32_ops": fp32_ops}))
     ev = MilEvaluator(lowered.path)
     softmax = [s for s in ev._steps if s.op_type == "softmax"]
     assert softmax and all(np.dtype(d) == expected for s in softmax for d in s.dtypes)

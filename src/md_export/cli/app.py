@@ -15,8 +15,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError, MdExportError
-from .output import Output
+from md_export.core.errors import InputError, MdExportError
+from md_export.cli.output import Output
 
 app = typer.Typer(
     name="md-export",
@@ -29,7 +29,9 @@ app = typer.Typer(
 
 # -- shared options -----------------------------------------------------------------------------
 
-CheckpointArg = typer.Argument(None, help="A diffusers pipeline folder, or a single-file .safetensors in the original LDM layout; omit for the bundled tiny default model.", show_default=False)
+CheckpointArg = typer.Argument(None,
+    help="A diffusers pipeline folder, or a single-file .safetensors in the original LDM layout; "
+         "omit for the bundled tiny default model.", show_default=False)
 OutOpt = typer.Option(Path("out"), "-o", "--out", help="Output folder; each target goes to OUT/<target>/.")
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
 QuietOpt = typer.Option(False, "-q", "--quiet", help="No progress or tables.")
@@ -50,38 +52,62 @@ def _export_command(target_default: Optional[str]):
         scheduler: Optional[Path] = typer.Option(None, "--scheduler", help="Folder with scheduler_config.json.", rich_help_panel="Components"),
         height: Optional[int] = typer.Option(None, "--height", help="Image height; default from the UNet config.", rich_help_panel="Shapes"),
         width: Optional[int] = typer.Option(None, "--width", help="Image width; default from the UNet config.", rich_help_panel="Shapes"),
-        unet_batch: Optional[int] = typer.Option(None, "--unet-batch", help="2 = classifier-free guidance in one call (default); 1 = guidance-free or distilled models.", rich_help_panel="Shapes"),
+        unet_batch: Optional[int] = typer.Option(None, "--unet-batch",
+            help="2 = classifier-free guidance in one call (default); 1 = guidance-free or distilled models.", rich_help_panel="Shapes"),
         with_encoder: bool = typer.Option(False, "--with-encoder", help="Also export the VAE encoder (image-to-image).", rich_help_panel="Shapes"),
-        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 compute. Default: fp16 for Core ML, fp32 for TFLite and ONNX.", rich_help_panel="Lowering"),
-        minimum_deployment_target: str = typer.Option("iOS17", "--minimum-deployment-target", help="Core ML: iOS16, iOS17 or iOS18.", rich_help_panel="Lowering"),
+        precision: Optional[str] = typer.Option(None, "--precision",
+            help="fp32 or fp16 compute. Default: fp16 for Core ML, fp32 for TFLite and ONNX.", rich_help_panel="Lowering"),
+        minimum_deployment_target: str = typer.Option("iOS17", "--minimum-deployment-target",
+            help="Core ML: iOS16, iOS17 or iOS18.", rich_help_panel="Lowering"),
         compute_units: str = typer.Option("ALL", "--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE.", rich_help_panel="Lowering"),
         steps: Optional[int] = typer.Option(None, "--steps", help="Default steps recorded for apps.", rich_help_panel="Lowering"),
-        rewrite: list[str] = typer.Option([], "--rewrite", help="Add a rewrite (repeatable), e.g. attention=split-einsum, linear-to-conv, gpu-composites; see `md-export rewrites`.", rich_help_panel="Lowering"),
-        no_default_rewrites: bool = typer.Option(False, "--no-default-rewrites", help="Start from no rewrites instead of the target's defaults.", rich_help_panel="Lowering"),
-        recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML recipe file, or a shipped recipe's name (a family name, mobilediffusion-ios, mobilediffusion-android): targets, shapes, rewrites, compression, parity floors; options given here win.", rich_help_panel="Recipe"),
-        family: Optional[str] = typer.Option(None, "--family", help="Model family (see `md-export families`); default: detected. Needed for single files other than SD 1.x/2.x.", rich_help_panel="Recipe"),
-        lora: list[Path] = typer.Option([], "--lora", help="LoRA .safetensors fused into the UNet and text encoder before export (repeatable).", rich_help_panel="Recipe"),
+        rewrite: list[str] = typer.Option([], "--rewrite",
+            help="Add a rewrite (repeatable), e.g. attention=split-einsum, linear-to-conv, gpu-composites; "
+                 "see `md-export rewrites`.", rich_help_panel="Lowering"),
+        no_default_rewrites: bool = typer.Option(False, "--no-default-rewrites",
+            help="Start from no rewrites instead of the target's defaults.", rich_help_panel="Lowering"),
+        recipe: Optional[Path] = typer.Option(None, "--recipe",
+            help="TOML recipe file, or a shipped recipe's name (a family name, mobilediffusion-ios, "
+                 "mobilediffusion-android): targets, shapes, rewrites, compression, parity floors; options "
+                 "given here win.", rich_help_panel="Recipe"),
+        family: Optional[str] = typer.Option(None, "--family",
+            help="Model family (see `md-export families`); default: detected. Needed for single files other "
+                 "than SD 1.x/2.x.", rich_help_panel="Recipe"),
+        lora: list[Path] = typer.Option([], "--lora",
+            help="LoRA .safetensors fused into the UNet and text encoder before export (repeatable).", rich_help_panel="Recipe"),
         lora_scale: list[float] = typer.Option([], "--lora-scale", help="Scale per --lora (one value applies to all; default 1.0).", rich_help_panel="Recipe"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.ckpt pickles (unpickling runs code)."),
-        quantize: list[str] = typer.Option([], "--quantize", help="Compression: LEVEL for every model or COMPONENT=LEVEL (repeatable). Core ML: fp16, int8, w8a8, palettize-8/6/4/2 (-g16: per grouped channel, iOS18), mixed-bit:4.5; TFLite: fp16, int8, w8a8, int4-block32, mixed:fc=int8,conv=fp16; ONNX: fp16, int8, w8a8.", rich_help_panel="Compression"),
-        keep: list[str] = typer.Option([], "--keep", help="COMPONENT=LEVEL: a component keeps this level instead, e.g. vae_decoder=fp16 (or fp32/none).", rich_help_panel="Compression"),
-        chunk_unet: bool = typer.Option(False, "--chunk-unet", help="Core ML: split the UNet into pieces under --chunk-limit-mb (at least two), chained and checked against the whole; for iOS, which loads pieces under 1 GB.", rich_help_panel="Compression"),
-        chunk_limit_mb: int = typer.Option(1000, "--chunk-limit-mb", help="Core ML: largest UNet piece in MB with --chunk-unet (or a recipe's chunk_over_mb).", rich_help_panel="Compression"),
+        quantize: list[str] = typer.Option([], "--quantize",
+            help="Compression: LEVEL for every model or COMPONENT=LEVEL (repeatable). Core ML: fp16, int8, "
+                 "w8a8, palettize-8/6/4/2 (-g16: per grouped channel, iOS18), mixed-bit:4.5; TFLite: fp16, "
+                 "int8, w8a8, int4-block32, mixed:fc=int8,conv=fp16; ONNX: fp16, int8, w8a8.", rich_help_panel="Compression"),
+        keep: list[str] = typer.Option([], "--keep",
+            help="COMPONENT=LEVEL: a component keeps this level instead, e.g. vae_decoder=fp16 (or "
+                 "fp32/none).", rich_help_panel="Compression"),
+        chunk_unet: bool = typer.Option(False, "--chunk-unet",
+            help="Core ML: split the UNet into pieces under --chunk-limit-mb (at least two), chained and "
+                 "checked against the whole; for iOS, which loads pieces under 1 GB.", rich_help_panel="Compression"),
+        chunk_limit_mb: int = typer.Option(1000, "--chunk-limit-mb",
+            help="Core ML: largest UNet piece in MB with --chunk-unet (or a recipe's chunk_over_mb).", rich_help_panel="Compression"),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
         json_out: bool = JsonOpt,
         quiet: bool = QuietOpt,
     ):
-        from ..checkpoint import Checkpoint
-        from ..export import ExportOptions, export, parse_targets
+        from md_export.checkpoint.folder import Checkpoint
+        from md_export.config.options import ExportOptions, parse_targets
+        from md_export.export import export
 
         output = Output(json_out, quiet)
         chosen = (target_default,) if target_default else parse_targets(targets)
-        from ..recipe import apply_recipe, check_family, load_recipe, lora_pairs
+        from md_export.config.options import lora_pairs, quantize_per_target, rewrites_per_target
+        from md_export.config.recipe import load_recipe
+        from md_export.config.resolve import apply_recipe, check_family
 
         loaded = load_recipe(recipe) if recipe is not None else None
         ckpt = Checkpoint.open(checkpoint, unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
-                               scheduler=scheduler, allow_pickle=allow_pickle, family=family or (loaded.family if loaded and checkpoint is not None and checkpoint.is_file() else None),
+                               scheduler=scheduler, allow_pickle=allow_pickle,
+                               family=family or (loaded.family if loaded and checkpoint is not None and checkpoint.is_file() else None),
                                lora=lora_pairs(lora, lora_scale))
         if precision is not None and precision not in ("fp32", "fp16"):
             raise InputError(f"--precision {precision}: use fp32 or fp16")
@@ -90,8 +116,8 @@ def _export_command(target_default: Optional[str]):
             precision={t: precision for t in chosen} if precision else {},
             minimum_deployment_target=minimum_deployment_target, compute_units=compute_units, force=force, steps=steps,
             command=shlex.join(["md-export", *sys.argv[1:]]),
-            rewrites=_rewrites_per_target(chosen, rewrite, no_default_rewrites, loaded),
-            quantize=_quantize_per_target(chosen, quantize, keep),
+            rewrites=rewrites_per_target(chosen, rewrite, no_default_rewrites, loaded),
+            quantize=quantize_per_target(chosen, quantize, keep),
             chunk_unet=chunk_unet, chunk_limit_mb=chunk_limit_mb,
         )
         if chunk_unet and "coreml" not in chosen:
@@ -120,51 +146,9 @@ def _export_command(target_default: Optional[str]):
     return command
 
 
-def _quantize_per_target(targets, levels: list[str], keep: list[str]) -> dict[str, str]:
-    """--quantize LEVEL | COMPONENT=LEVEL and --keep COMPONENT=LEVEL -> ExportOptions.quantize."""
-    from ..compress import parse_level
-    from ..components import COMPONENT_ORDER
-
-    out: dict[str, str] = {}
-    for flag, items in (("--quantize", levels), ("--keep", keep)):
-        for item in items:
-            comp, sep, level = item.partition("=") if "=" in item and not item.startswith("mixed:") else ("", "", item)
-            if flag == "--keep" and not sep:
-                raise InputError(f"--keep {item}: use COMPONENT=LEVEL, e.g. vae_decoder=fp16")
-            if comp and comp not in COMPONENT_ORDER:
-                raise InputError(f"{flag} {item}: unknown component '{comp}' (use {', '.join(COMPONENT_ORDER)})")
-            for t in targets:
-                if level.strip().lower() not in ("none", "fp32") or t == "coreml":
-                    parse_level(t, level) if level.strip().lower() != "none" else None
-                out[f"{t}:{comp}" if comp else t] = "none" if (level in ("fp32",) and t != "coreml") else level
-    return out
-
-
-def _rewrites_per_target(targets, requested: list[str], no_defaults: bool, recipe=None) -> dict[str, list[str]]:
-    """--rewrite NAME goes to each chosen target it is for (an error if it is for none of them),
-    on top of the target's defaults (or, with a recipe that lists rewrites, of its list: the
-    recipe merges); nothing given = absent = the defaults or the recipe's list."""
-    from ..rewrites import choose, get
-
-    if not requested and not no_defaults:
-        return {}
-    for n in requested:
-        if not set(get(n).targets) & set(targets):
-            raise InputError(f"--rewrite {n}: it is for {', '.join(get(n).targets)}, not {', '.join(targets)}")
-    out = {}
-    for t in targets:
-        mine = [n for n in requested if t in get(n).targets]
-        tr = recipe.target.get(t) if recipe is not None else None
-        if tr is not None and tr.rewrites is not None and not no_defaults:
-            out[t] = choose(t, mine, defaults=False)  # apply_recipe puts the recipe's list first
-        else:
-            out[t] = choose(t, mine, defaults=not no_defaults)
-    return out
-
-
 def _check_after_export(bundles, output: Output, summary: dict) -> int:
     try:
-        from ..parity.check import check_bundles
+        from md_export.verify.check import check_bundles
     except ImportError:
         output.print("[yellow]parity check not available in this build; bundles are unchecked[/]")
         summary["parity"] = {"status": "not-run"}
@@ -189,7 +173,9 @@ Examples:
 """
 
 app.command("export", help="Export to several targets at once (all three by default)." + EXAMPLES_EXPORT)(_export_command(None))
-app.command("coreml", help="Export a Core ML bundle (.mlpackage, ML program, fp16 compute by default).\n\n    md-export coreml ./ckpt -o out/ --minimum-deployment-target iOS17")(_export_command("coreml"))
+app.command("coreml",
+    help="Export a Core ML bundle (.mlpackage, ML program, fp16 compute by default).\n\n    "
+         "md-export coreml ./ckpt -o out/ --minimum-deployment-target iOS17")(_export_command("coreml"))
 app.command("tflite", help="Export a TFLite (LiteRT) bundle, one named signature per model.\n\n    md-export tflite ./ckpt -o out/")(_export_command("tflite"))
 app.command("onnx", help="Export an ONNX bundle (dynamo exporter; external data over 2 GB).\n\n    md-export onnx ./ckpt -o out/")(_export_command("onnx"))
 
@@ -202,8 +188,8 @@ def rewrites_cmd(target: Optional[str] = typer.Option(None, "--target", help="On
         md-export coreml ./ckpt --rewrite attention=split-einsum --rewrite linear-to-conv
         md-export tflite ./ckpt --no-default-rewrites
     """
-    from ..rewrites import listing
-    from ..rewrites.render import render_rewrites
+    from md_export.rewrites.registry import listing
+    from md_export.cli.render_rewrites import render_rewrites
 
     output = Output(json_out)
     data = [r for r in listing() if target is None or target in r["targets"]]
@@ -223,7 +209,7 @@ def lint_cmd(
         md-export lint out/tflite
         md-export lint out/coreml --strict --json
     """
-    from ..lint import lint_paths, render_lint
+    from md_export.verify.lint import lint_paths, render_lint
 
     output = Output(json_out)
     data = lint_paths(paths)
@@ -239,10 +225,11 @@ def families_cmd(json_out: bool = JsonOpt):
         md-export families
         md-export families --json
     """
-    from ..families import all_families
+    from md_export.config.recipe import recipes_of
+    from md_export.families.registry import all_families
 
     output = Output(json_out)
-    data = [f.describe() for f in all_families().values()]
+    data = [{**f.describe(), "recipes": recipes_of(f.name)} for f in all_families().values()]
     for d in data:
         extra = " + timestep_cond" if d["timestep_cond"] else ""
         output.print(f"[bold]{d['name']:<16}[/] {d['description']}")
@@ -266,9 +253,9 @@ def init_cmd(
         md-export init mobilediffusion --size tiny -o ./md-tiny
         md-export init sd15 --size full -o /tmp/sd15-random
     """
-    from ..checkpoint import Checkpoint
-    from ..components import count_parameters
-    from ..families.build import init_checkpoint
+    from md_export.checkpoint.folder import Checkpoint
+    from md_export.components.plan import count_parameters
+    from md_export.checkpoint.init import init_checkpoint
 
     output = Output(json_out)
     folder = init_checkpoint(family, out, size=size, seed=seed, force=force)
@@ -297,9 +284,9 @@ def inspect_cmd(
         md-export inspect ./ckpt --recipe mobilediffusion-ios
         md-export inspect out/coreml
     """
-    from ..checkpoint import Checkpoint
-    from ..inspect import inspect_bundles, inspect_checkpoint, is_bundle_path
-    from .render import render_bundle, render_checkpoint
+    from md_export.checkpoint.folder import Checkpoint
+    from md_export.tools.inspect import inspect_bundles, inspect_checkpoint, is_bundle_path
+    from md_export.cli.render import render_bundle, render_checkpoint
 
     output = Output(json_out)
     if path is not None and is_bundle_path(path):
@@ -308,7 +295,7 @@ def inspect_cmd(
             render_bundle(output, b)
         output.emit(data)
     else:
-        from ..recipe import load_recipe
+        from md_export.config.recipe import load_recipe
 
         loaded = load_recipe(recipe) if recipe is not None else None
         data = inspect_checkpoint(Checkpoint.open(path), loaded, height=height, width=width, unet_batch=unet_batch, steps=steps)
@@ -334,39 +321,19 @@ def sensitivity_cmd(
         md-export sensitivity ./ckpt --target coreml -o sens/
         md-export sensitivity --component unet --average-bits 4.5 -o sens/
     """
-    from .. import sensitivity as S
-    from ..calibration import calibration_feeds
-    from ..checkpoint import Checkpoint
-    from ..components import attach_modules, make_plan
+    from md_export.tools.sensitivity import run_sensitivity
 
     output = Output(json_out, quiet)
-    if target not in ("coreml", "tflite"):
-        raise InputError(f"--target {target}: use coreml or tflite")
-    ckpt = Checkpoint.open(checkpoint)
-    plan = make_plan(ckpt)
-    names = component or [n for n in ("unet", "text_encoder", "vae_decoder") if n in plan.components]
-    for n in names:
-        if n not in plan.components:
-            raise InputError(f"--component {n}: use one of {', '.join(plan.components)}")
-    attach_modules(plan, ckpt)
-    context: dict = {"plan": plan, "checkpoint": ckpt}
-    written = {}
-    for n in names:
-        with output.progress().stage(n, "sensitivity", target):
-            feeds = calibration_feeds(plan.components[n], context, limit=samples)
-            data = S.recipe_json(n, target, S.analyze(plan.components[n], feeds, target), average_bits)
-            j, p = S.write(out, data)
-        written[n] = {"json": str(j), "png": str(p), "layers": len(data["layers"]),
-                      **({"average_bits": data["mixed_bit"]["average_bits"]} if average_bits else {})}
-        output.print(f"[green]wrote[/] {j} and {p} ({len(data['layers'])} layers)")
+    written = run_sensitivity(checkpoint, target, out, component, average_bits, samples, output.progress(),
+                              on_written=lambda n, w: output.print(f"[green]wrote[/] {w['json']} and {w['png']} ({w['layers']} layers)"))
     output.emit(written)
 
 
 @app.command("env")
 def env_cmd(json_out: bool = JsonOpt):
     """Versions of torch, coremltools, litert-torch, onnxruntime and friends, and known-bad combinations."""
-    from ..environment import report
-    from .render import render_env
+    from md_export.tools.environment import report
+    from md_export.cli.render import render_env
 
     output = Output(json_out)
     data = report()
@@ -396,8 +363,8 @@ def check_cmd(
         md-export check out/
         md-export check out/coreml --samples 4 --seed 0 --json report.json
     """
-    from ..parity.check import check_bundles
-    from ..parity.thresholds import parse_overrides
+    from md_export.verify.check import check_bundles
+    from md_export.verify.floors import parse_overrides
 
     output = Output(json_path == "-", quiet)
     reports = check_bundles(paths, progress=output.progress(), samples=samples, seed=seed, checkpoint=checkpoint,
@@ -431,17 +398,16 @@ def generate_cmd(
     """
     import time
 
-    from ..backends.base import get_backend, open_model
-    from ..bundle import read_manifest
-    from ..checkpoint import read_json
-    from ..pipeline.image import save_png
-    from ..pipeline.loop import generate
-    from ..pipeline.tokenizer import ClipTokenizer
+    from md_export.core.io import read_json
+    from md_export.core.manifest import read_manifest
+    from md_export.pipeline.image import save_png
+    from md_export.pipeline.loop import generate
+    from md_export.pipeline.tokenizer import ClipTokenizer
+    from md_export.runtime.open import open_model
 
     output = Output(json_out, quiet)
     manifest = read_manifest(bundle)
-    backend = get_backend(manifest["target"])
-    models = {name: open_model(backend, bundle, e) for name, e in manifest["models"].items()}
+    models = {name: open_model(manifest["target"], bundle, e) for name, e in manifest["models"].items()}
     tokenizer = ClipTokenizer.from_folder(bundle / "tokenizer", pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
     t0 = time.perf_counter()
     with output.progress().stage("pipeline", f"generate ({steps or manifest['pipeline']['default_steps']} steps)", manifest["target"]):

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from ..progress import Progress, RichProgress
+from md_export.core.progress import Progress, RichProgress
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .output import Output
+from md_export.cli.output import Output
 
 
 def _io(specs: list[dict]) -> str:

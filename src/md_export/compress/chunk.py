@@ -18,17 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from md_export.core.errors import ConversionError
+from md_export.core.io import path_bytes, path_sha256
+from md_export.core.metrics import compare
+from md_export.milrun import MilEvaluator
+from md_export.runtime.chain import chain
 
 CHUNK_LIMIT_MB = 1000
 CHUNK_LIMIT_BYTES = CHUNK_LIMIT_MB * 1_000_000
 CHAIN_FLOOR_DB = 80.0  # the chain runs the same ops as the whole: anything short of (near) exact is a bad cut
-
-
-def _bytes(path: Path) -> int:
-    from ..bundle import path_bytes
-
-    return path_bytes(path)
 
 
 def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str = "UnetChunk", min_chunks: int = 1) -> list[Path]:
@@ -43,14 +41,14 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
     n = 0
     while pending:
         p = pending.pop(0)
-        if _bytes(p) <= limit and len(done) + len(pending) + 1 >= min_chunks:
+        if path_bytes(p) <= limit and len(done) + len(pending) + 1 >= min_chunks:
             done.append(p)
             continue
         n += 1
         d = work / f"split{n}"
         bisect_model(str(p), str(d), merge_chunks_to_pipeline=False, check_output_correctness=False)
         parts = [d / f"{p.stem}_chunk1.mlpackage", d / f"{p.stem}_chunk2.mlpackage"]
-        if not all(x.is_dir() for x in parts) or any(_bytes(x) >= _bytes(p) for x in parts):
+        if not all(x.is_dir() for x in parts) or any(path_bytes(x) >= path_bytes(p) for x in parts):
             raise ConversionError(f"coreml: cannot split {p.name} under {limit / 1e6:.0f} MB (a single op's weights are larger?); "
                                   "raise --chunk-limit-mb or compress the UNet more")
         pending = parts + pending
@@ -68,35 +66,12 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
 def run_chain(chunks: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run chunks in order with milrun; each takes what it needs from the inputs and earlier outputs.
     One chunk's weights are in memory at a time (a full-size UNet's halves are ~1 GB each)."""
-    from ..milrun import MilEvaluator
-
     names = [[i["name"] for i in package_io(c)[0]] for c in chunks]
     return chain([lambda f, c=c: MilEvaluator(c).predict(f) for c in chunks], names)(feeds)
 
 
-def chain(runners, input_names):
-    """One runner from chunk runners: chunk i is fed its inputs from the model inputs and the
-    outputs of the chunks before it; the result is the last chunk's outputs."""
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        env = dict(feeds)
-        out: dict[str, np.ndarray] = {}
-        for runner, names in zip(runners, input_names):
-            missing = [k for k in names if k not in env]
-            if missing:
-                raise ValueError(f"chunk input(s) {', '.join(missing)} are produced by no earlier chunk")
-            out = runner({k: env[k] for k in names})
-            env.update(out)
-        return out
-
-    return run
-
-
 def check_chain(whole: Path, chunks: list[Path], feeds: list[dict[str, np.ndarray]], output: str) -> float:
     """Worst PSNR of the chained chunks' output against the whole model's, both in milrun."""
-    from ..milrun import MilEvaluator
-    from ..parity.metrics import compare
-
     ev = MilEvaluator(whole)
     refs = [ev.predict(f)[output] for f in feeds]
     del ev  # the whole model and its chunks are never in memory together
@@ -126,8 +101,6 @@ def package_io(path: Path) -> tuple[list[dict], list[dict]]:
 def chunk_in_bundle(whole: Path, component, limit: int, min_chunks: int, seed: int = 0) -> dict:
     """Replace `whole` (a .mlpackage inside a bundle being written) by chunks beside it; check the
     chain against the whole on seeded inputs; return the manifest fields of the chunked model."""
-    from ..bundle import path_sha256
-
     name = {"unet": "UnetChunk"}.get(component.name, component.name.title().replace("_", "") + "Chunk")
     chunks = split(whole, whole.parent, limit, name, min_chunks)
     feeds = {s.name: t.numpy() for s, t in zip(component.inputs, component.example_inputs(seed))}
@@ -139,6 +112,6 @@ def chunk_in_bundle(whole: Path, component, limit: int, min_chunks: int, seed: i
     entries = []
     for c in chunks:
         inputs, outputs = package_io(c)
-        entries.append({"file": c.name, "inputs": inputs, "outputs": outputs, "sha256": path_sha256(c), "bytes": _bytes(c)})
+        entries.append({"file": c.name, "inputs": inputs, "outputs": outputs, "sha256": path_sha256(c), "bytes": path_bytes(c)})
     return {"chunks": entries, "chunk_check": {"runtime": "milrun", "psnr_vs_whole": None if math.isinf(psnr) else round(psnr, 2),
                                                "identical": math.isinf(psnr), "limit_bytes": limit}}

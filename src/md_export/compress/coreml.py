@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConversionError, InputError
+from md_export.core.errors import ConversionError, InputError
 
 # ops whose constant weight inputs are compressed; embeddings (gather) only where the level allows
 WEIGHT_OP_TYPES = ("conv", "conv_transpose", "linear", "matmul")
@@ -225,50 +225,3 @@ def consts_feeding(path: Path, op_types: tuple[str, ...]) -> list[tuple[str, str
 def check_spec(path: Path) -> None:
     if not (path / "Manifest.json").is_file():
         raise ConversionError(f"coreml: {path} is not an .mlpackage")
-
-
-# -- levels ----------------------------------------------------------------------------------------
-
-
-def apply(lowered, component, level, context: dict):
-    path = lowered.path
-    if level.kind == "fp16":
-        if lowered.precision != "fp16":
-            to_fp16(path)
-            lowered.precision = "fp16"
-    elif level.kind == "fp32":
-        if lowered.precision != "fp32":
-            _relower_fp32(lowered, component, context)
-    elif level.kind == "int8":
-        linear_int8(path)
-    elif level.kind == "palettize":
-        palettize(path, int(level.bits), level.group_size)
-        lowered.notes.append("embedding lookups left fp16")
-    elif level.kind == "mixed-bit":
-        from ..sensitivity import mixed_bit_recipe
-
-        recipe = mixed_bit_recipe(component, lowered, level.bits, context)
-        palettize(path, 8, per_op_bits=recipe["per_const_bits"])
-        lowered.notes.append(f"mixed-bit palettization, average {recipe['average_bits']:.2f} bits over {len(recipe['per_const_bits'])} weights")
-        lowered.size = {"bits": recipe["average_bits"]}
-    elif level.kind == "w8a8":
-        from .coreml_w8a8 import apply_w8a8
-
-        apply_w8a8(lowered, component, context)
-    else:
-        raise ValueError(level.kind)
-    return lowered
-
-
-def _relower_fp32(lowered, component, context) -> None:
-    """Keep a component fp32 (the way through an fp16 overflow): capture again, lower at fp32."""
-    from ..backends.base import LowerOptions
-    from ..backends.coreml import BACKEND
-    from ..capture import capture
-
-    opts = context.get("options")
-    lo = LowerOptions("fp32", getattr(opts, "minimum_deployment_target", "iOS17"), getattr(opts, "compute_units", "ALL"))
-    shutil.rmtree(lowered.path)
-    new = BACKEND.lower(component, capture(component), lowered.path.parent, lo)
-    lowered.path = new.path
-    lowered.precision = "fp32"

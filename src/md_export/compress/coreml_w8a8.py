@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .coreml import load, save_over
+from md_export.compress.calibration import calibration_feeds
+from md_export.compress.coreml import linear_int8, load, save_over
+from md_export.milrun import MilEvaluator
 
 
 def activation_stats(path, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     """{MIL variable name: {"rmin", "rmax"}} over every non-constant value and every input."""
-    from ..milrun import MilEvaluator
-
     ev = MilEvaluator(path)
     stats: dict[str, dict[str, float]] = {}
     consts = set(getattr(ev, "_consts", {}))
@@ -55,8 +55,6 @@ def apply_w8a8(lowered, component, context: dict) -> None:
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.models.utils import _apply_graph_pass
 
-    from ..calibration import calibration_feeds
-
     feeds = calibration_feeds(component, context, limit=8)
     stats = activation_stats(lowered.path, feeds)
     model = load(lowered.path)
@@ -75,8 +73,6 @@ def apply_w8a8(lowered, component, context: dict) -> None:
     spec_version = max(model.get_spec().specificationVersion, 8)  # activation quantize ops: iOS17
     quantized = _apply_graph_pass(model, passes, spec_version=spec_version, skip_model_load=True)
     save_over(quantized, lowered.path)
-    from .coreml import linear_int8
-
     linear_int8(lowered.path)
     lowered.notes.append(f"int8 activations at conv/linear/add inputs and outputs, ranges from milrun over {len(feeds)} "
                          "recorded calibration inputs; int8 weights per channel")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from md_export.compress.calibration import calibration_feeds, output_peaks
+from md_export.core.errors import ConversionError
 
 WEIGHT_OPS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, 1), "Gemm": (1, 0), "Gather": (0, 0)}
 
@@ -228,8 +229,6 @@ FP16_SAFE = 2.0**14  # a quarter of fp16's max (65504): room for the sums that f
 def fp16_guard_nodes(path: Path, component, context: dict) -> tuple[list[str], list[str]]:
     """The fp16 overflow way through: layers whose fp32 outputs (torch reference, recorded or
     example inputs) come near fp16's range, and the nodes of their parent blocks, kept fp32."""
-    from ..calibration import calibration_feeds, output_peaks
-
     if component.module is None:
         return [], []
     if context.get("plan") is not None and context.get("checkpoint") is not None:
@@ -263,8 +262,6 @@ def apply(lowered, component, level, context: dict):
         done = int8_weights(lowered.path)
         lowered.notes.append(f"int8 weights (per channel, symmetric, DequantizeLinear) on {len(done)} initializers")
     elif level.kind == "w8a8":
-        from ..calibration import calibration_feeds
-
         if "external data" in lowered.notes:  # quantize_static here reads and writes single-file models only
             raise ConversionError(f"onnx: w8a8 of '{component.name}' is not supported over 2 GB (external data) yet; "
                                   "use --quantize int8 for ONNX, or w8a8 in TFLite or Core ML")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from md_export.compress.calibration import calibration_feeds
+from md_export.core.errors import ConversionError
+from md_export.core.progress import third_party_output_muted
 
 AEQ_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -151,8 +153,6 @@ def quantize_file(src: Path, dest: Path, recipe: list[dict], calibration: dict |
     """Run AEQ with `recipe` on `src`, excluding ops whose weight is over AEQ's 32 MiB limit, then
     quantize those with md-export's own int8 (when big_kind is int8; otherwise keep them float).
     Returns what happened: {"aeq_ops": n, "own_int8": [names], "kept_float": [names]}."""
-    from ..progress import third_party_output_muted
-
     model = read(src)
     wops = weight_ops(model)
     big = [w for w in wops if w.nbytes > AEQ_LIMIT_BYTES and w.op != "GATHER"] if big_kind != "skip" else []
@@ -334,8 +334,6 @@ def apply(lowered, component, level, context: dict):
     notes = list(lowered.notes)
     calibration = None
     if level.kind == "w8a8":
-        from ..calibration import calibration_feeds
-
         feeds = calibration_feeds(component, context)
         calibration = {lowered.signature or component.name: feeds}
     big_kind = "int8" if level.kind in ("int8", "int4", "int4-block", "w8a8") or \

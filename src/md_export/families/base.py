@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import ClassVar
 
-from ..errors import InputError, UnknownNameError
+from md_export.core.errors import InputError
 
 SIZES = ("tiny", "full")
 TARGETS = ("coreml", "tflite", "onnx")
@@ -141,15 +141,7 @@ class Family:
             "prediction_type": cls.prediction_type,
             "unet": full.get("_class_name", "UNet2DConditionModel"),
             "timestep_cond": bool(full.get("time_cond_proj_dim")),
-            "recipes": _recipes_of(cls.name),
         }
-
-
-def _recipes_of(family: str) -> list[str]:
-    """Names of the shipped recipes for a family (what `--recipe NAME` takes)."""
-    from ..recipe import load_recipe, shipped_recipes
-
-    return sorted(name for name, path in shipped_recipes().items() if load_recipe(path).family == family)
 
 
 def _as_list(v, n):
@@ -197,69 +189,3 @@ def register_family(cls: type[Family]) -> type[Family]:
             raise TypeError(f"family '{cls.name}' has an empty {size} UNet config")
     FAMILIES[cls.name] = cls
     return cls
-
-
-def get_family(name: str) -> type[Family]:
-    _load_builtin()
-    if name not in FAMILIES:
-        raise UnknownNameError("family", name, FAMILIES)
-    return FAMILIES[name]
-
-
-def all_families() -> dict[str, type[Family]]:
-    _load_builtin()
-    return dict(FAMILIES)
-
-
-def detect_family(unet: dict, text: dict, scheduler: dict | None = None) -> str | None:
-    """The registered family whose topology a checkpoint's configs have, or None."""
-    _load_builtin()
-    scheduler = scheduler or {}
-    hits = [f for f in FAMILIES.values() if f.match(unet, text, scheduler)]
-    if not hits:
-        return None
-    hits.sort(key=lambda f: -f.detect_priority)
-    return hits[0].name
-
-
-def checkpoint_family(ckpt) -> str | None:
-    """--family if given, else what `md-export init` recorded in model_index.json, else detected."""
-    if ckpt.family_name:
-        get_family(ckpt.family_name)
-        return ckpt.family_name
-    if ckpt.source is not None and (ckpt.source if ckpt.source.is_dir() else ckpt.unet_dir.parent).joinpath("model_index.json").is_file():
-        from ..checkpoint import read_json
-
-        root = ckpt.source if ckpt.source.is_dir() else ckpt.unet_dir.parent
-        recorded = read_json(root / "model_index.json").get("_md_export_family")
-        if recorded in all_families():
-            return recorded
-    return detect_family(ckpt.unet_config, ckpt.text_encoder_config, ckpt.scheduler_config)
-
-
-def source_extras(ckpt) -> dict:
-    """What export records in manifest["source"] beyond paths and hashes: family, LoRA, single file."""
-    from ..lora import lora_source_json
-
-    out = {"family": ckpt.family}
-    if ckpt.lora:
-        out["lora"] = lora_source_json(ckpt.lora)
-    if ckpt.original is not None:
-        out["single_file"] = {"converted_to": str(ckpt.unet_dir.parent)}
-    return out
-
-
-def unet_class(config: dict):
-    """The torch class for a UNet config: md-export's own models by "_class_name", else diffusers'."""
-    if config.get("_class_name") == "MobileDiffusionUNet":
-        from .mobilediffusion import MobileDiffusionUNet
-
-        return MobileDiffusionUNet
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel
-
-
-def _load_builtin() -> None:
-    from . import sd  # noqa: F401  (registration side effect; SD families first)
-    from . import mobilediffusion  # noqa: F401

@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-from .base import Family, _half_vae_config, register_family
+from md_export.core.errors import InputError
+from md_export.families.blocks import ReLUAttention
+from md_export.families.base import Family, _half_vae_config, register_family
 
 CLASS_NAME = "MobileDiffusionUNet"
 LEVEL_TYPES = ("res", "cross", "full")
@@ -123,43 +124,6 @@ class ResBlock(nn.Module):
         return self.shortcut(x) + h
 
 
-class Attention(nn.Module):
-    """Multi-head attention with an optional shared key/value projection and ReLU scores."""
-
-    def __init__(self, dim: int, context_dim: int | None, head_dim: int, shared_kv: bool, activation: str):
-        super().__init__()
-        context_dim = context_dim or dim
-        self.heads, self.head_dim, self.activation = dim // head_dim, head_dim, activation
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        if shared_kv:
-            self.to_kv = nn.Linear(context_dim, dim, bias=False)
-        else:
-            self.to_k = nn.Linear(context_dim, dim, bias=False)
-            self.to_v = nn.Linear(context_dim, dim, bias=False)
-        self.shared_kv = shared_kv
-        self.to_out = nn.Linear(dim, dim)
-
-    def _split(self, t):  # (B, N, C) -> (B, heads, N, d)
-        b, n, _ = t.shape
-        return t.reshape(b, n, self.heads, self.head_dim).permute(0, 2, 1, 3)
-
-    def forward(self, x, context=None):
-        context = x if context is None else context
-        q = self._split(self.to_q(x))
-        if self.shared_kv:
-            k = v = self._split(self.to_kv(context))
-        else:
-            k, v = self._split(self.to_k(context)), self._split(self.to_v(context))
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        if self.activation == "relu":
-            attn = F.relu(scores) * (1.0 / k.shape[2])
-        else:
-            attn = torch.softmax(scores, dim=-1)
-        out = torch.matmul(attn, v)  # (B, heads, N, d)
-        b, _, n, _ = out.shape
-        return self.to_out(out.permute(0, 2, 1, 3).reshape(b, n, self.heads * self.head_dim))
-
-
 class FeedForward(nn.Module):
     """SiLU-gated feed-forward (Swish where SD has GELU)."""
 
@@ -177,7 +141,7 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, dim: int, cfg: MobileDiffusionConfig, self_attention: bool):
         super().__init__()
-        mk = lambda ctx: Attention(dim, ctx, cfg.attention_head_dim, cfg.shared_kv, cfg.attention_activation)  # noqa: E731
+        mk = lambda ctx: ReLUAttention(dim, dim // cfg.attention_head_dim, ctx, cfg.shared_kv, cfg.attention_activation == "relu")  # noqa: E731
         self.self_attention = self_attention
         if self_attention:
             self.norm1 = nn.LayerNorm(dim)
@@ -338,7 +302,7 @@ class MobileDiffusionUNet(nn.Module):
     def from_pretrained(cls, folder: str | Path, **_ignored) -> "MobileDiffusionUNet":
         from safetensors.torch import load_file
 
-        from ..checkpoint import read_json
+        from md_export.core.io import read_json
 
         folder = Path(folder)
         model = cls.from_config(read_json(folder / "config.json"))

@@ -3,7 +3,7 @@ configs. Full sizes follow the published checkpoints; tiny sizes keep the topolo
 
 from __future__ import annotations
 
-from .base import OPENCLIP_H14, TINY_TEXT, Family, _half_vae_config, _topology, register_family
+from md_export.families.base import OPENCLIP_H14, TINY_TEXT, Family, _half_vae_config, _topology, register_family
 
 CA_DOWN, DOWN, CA_UP, UP = "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"
 MID = "UNetMidBlock2DCrossAttn"

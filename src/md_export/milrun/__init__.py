@@ -8,7 +8,7 @@ See :mod:`md_export.milrun.evaluator` for the execution model (declared dtypes, 
 compressed weights) and :data:`md_export.milrun.kernels.KERNELS` for the implemented ops.
 """
 
-from .evaluator import MilEvaluator, op_histogram, run_mlpackage
-from .kernels import KERNELS
+from md_export.milrun.evaluator import MilEvaluator, op_histogram, run_mlpackage
+from md_export.milrun.kernels import KERNELS
 
 __all__ = ["MilEvaluator", "run_mlpackage", "op_histogram", "KERNELS"]

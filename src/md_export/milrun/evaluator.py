@@ -23,9 +23,9 @@ from typing import Mapping
 
 import numpy as np
 
-from md_export.errors import InputError, UnsupportedOpError
+from md_export.core.errors import InputError, UnsupportedOpError
 
-from .kernels import KERNELS, OpArgs
+from md_export.milrun.kernels import KERNELS, OpArgs
 
 _MANIFEST = "Manifest.json"
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import constexpr as cx
+from md_export.milrun import constexpr as cx
 
 KERNELS: dict[str, Callable] = {}
 

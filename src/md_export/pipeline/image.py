@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 
 
 def _hwc_float01(image: np.ndarray) -> np.ndarray:

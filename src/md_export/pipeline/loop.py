@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from md_export.errors import InputError, MissingDependencyError
+from md_export.core.errors import InputError, MissingDependencyError
 from md_export.pipeline.schedulers import Scheduler, make_scheduler
 from md_export.pipeline.tokenizer import ClipTokenizer
 

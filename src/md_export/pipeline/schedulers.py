@@ -24,11 +24,11 @@ silently ignored.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from md_export.errors import InputError, UnknownNameError
+from md_export.core.errors import InputError, UnknownNameError
 
 f32 = np.float32
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"

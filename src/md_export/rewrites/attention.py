@@ -183,7 +183,7 @@ class OdmlAttnProcessor:
 
 def set_processors(module: nn.Module, make) -> int:
     """Give every supported diffusers Attention the processor ``make(attn)``; return how many."""
-    from ._util import diffusers_attention_class, walk
+    from md_export.rewrites._util import diffusers_attention_class, walk
 
     count = 0
     for _name, attn in walk(module, diffusers_attention_class()):

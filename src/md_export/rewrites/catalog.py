@@ -7,11 +7,11 @@ import os
 
 from torch import nn
 
-from . import Rewrite, register, set_defaults
-from .attention import ChannelsFirstAttnProcessor, OdmlAttnProcessor, set_processors
-from .layout import layernorm_channels, linear_to_conv
-from .numerics import gelu_tanh, softmax_fp32
-from .text import swap_clip_attention
+from md_export.rewrites.registry import Rewrite, register, set_defaults
+from md_export.rewrites.attention import ChannelsFirstAttnProcessor, OdmlAttnProcessor, set_processors
+from md_export.rewrites.layout import layernorm_channels, linear_to_conv
+from md_export.rewrites.numerics import gelu_tanh, softmax_fp32
+from md_export.rewrites.text import swap_clip_attention
 
 ALL = ("coreml", "tflite", "onnx")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import project, to_bc1s
+from md_export.rewrites.attention import project, to_bc1s
 
 
 class ChannelLayerNorm(nn.Module):
@@ -198,7 +198,7 @@ class _Output(tuple):
 
 def to_channels_first(module: nn.Module) -> int:
     """Swap every supported Transformer2DModel for ChannelsFirstTransformer2D; return how many."""
-    from ._util import swap
+    from md_export.rewrites._util import swap
 
     found = [(n, m) for n, m in module.named_modules() if n and type(m).__name__ == "Transformer2DModel"
              and transformer_supported(m) is None]
@@ -210,7 +210,7 @@ def to_channels_first(module: nn.Module) -> int:
 def linear_to_conv(component: str, module: nn.Module) -> int:
     """UNet: spatial transformers to (B, C, 1, S), their Linear layers to 1x1 convs (attention
     projections only where the attention processor is channels-first). Returns Linears swapped."""
-    from ._util import swap
+    from md_export.rewrites._util import swap
 
     to_channels_first(module)
     count = 0
@@ -233,7 +233,7 @@ def linear_to_conv(component: str, module: nn.Module) -> int:
                 swap(t, rel, linear_as_conv(lin))
                 count += 1
     # attention blocks outside transformers (the VAE's) already in (B, C, 1, S) via their processor
-    from ._util import diffusers_attention_class
+    from md_export.rewrites._util import diffusers_attention_class
 
     for aname, attn in [(n, m) for n, m in module.named_modules() if isinstance(m, diffusers_attention_class())]:
         if getattr(attn.processor, "accepts_bc1s", False):
@@ -246,7 +246,7 @@ def linear_to_conv(component: str, module: nn.Module) -> int:
 
 
 def layernorm_channels(component: str, module: nn.Module) -> int:
-    from ._util import swap
+    from md_export.rewrites._util import swap
 
     count = 0
     for blk in [m for m in module.modules() if isinstance(m, ChannelsFirstBlock)]:

@@ -23,7 +23,7 @@ class GEGLUTanh(nn.Module):
 def gelu_tanh(component: str, module: nn.Module) -> int:
     """Every exact GELU -> tanh approximation: torch nn.GELU, diffusers GELU/GEGLU; CLIP's
     ``gelu`` activation (quick_gelu is left: it is already a sigmoid approximation)."""
-    from ._util import swap
+    from md_export.rewrites._util import swap
 
     count = 0
     for name, m in [(n, m) for n, m in module.named_modules() if n]:
@@ -46,9 +46,9 @@ def gelu_tanh(component: str, module: nn.Module) -> int:
 def softmax_fp32(component: str, module: nn.Module) -> int:
     """Attention softmax computed in fp32 when the graph runs in fp16: md-export's attention
     processors and CLIP attention get the flag (installed first where needed)."""
-    from ._util import diffusers_attention_class, walk
-    from .attention import ChannelsFirstAttnProcessor, supported
-    from .text import swap_clip_attention
+    from md_export.rewrites._util import diffusers_attention_class, walk
+    from md_export.rewrites.attention import ChannelsFirstAttnProcessor, supported
+    from md_export.rewrites.text import swap_clip_attention
 
     count = 0
     for _n, attn in walk(module, diffusers_attention_class()):

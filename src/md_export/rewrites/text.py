@@ -37,7 +37,7 @@ class CausalClipAttention(nn.Module):
         v = self.v_proj(hidden_states).view(shape)
         mask = self.causal_mask[:s, :s].to(q.dtype)
         if self.odml:
-            from .attention import odml_sdpa
+            from md_export.rewrites.attention import odml_sdpa
 
             y = odml_sdpa(q, k, v, self.scale, mask.view(1, 1, s, s))
         else:
@@ -56,7 +56,7 @@ def is_clip_attention(m: nn.Module) -> bool:
 
 def swap_clip_attention(module: nn.Module, odml: bool = False, softmax_fp32: bool | None = None) -> int:
     """Replace every CLIPAttention (or re-make every CausalClipAttention with new options)."""
-    from ._util import swap
+    from md_export.rewrites._util import swap
 
     count = 0
     found = [(n, m) for n, m in module.named_modules() if n and (is_clip_attention(m) or isinstance(m, CausalClipAttention))]

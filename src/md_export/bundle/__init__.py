@@ -1,0 +1,1 @@
+"""Writing bundles: tokenizer, scheduler and manifest files beside the models."""

@@ -1,0 +1,1 @@
+"""Capture: one torch.export of a wrapped component, shared by every backend."""

@@ -1,0 +1,195 @@
+"""Find and load a checkpoint's components from local files (never from the network).
+
+Two layouts are accepted:
+- a diffusers pipeline folder: model_index.json, unet/, text_encoder/, vae/, tokenizer/, scheduler/;
+- component folders given one by one (--unet, --text-encoder, --vae, --tokenizer, --scheduler).
+With neither, the bundled tiny default model is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from md_export.checkpoint.files import COMPONENT_DIRS, default_model_dir, weights_file
+from md_export.core.errors import InputError
+from md_export.core.io import file_sha256, read_json
+
+
+@dataclass
+class Checkpoint:
+    """Where each component lives. Loading is lazy: `inspect` reads configs only."""
+
+    kind: str  # "diffusers-folder" | "component-folders" | "default"
+    source: Path | None
+    unet_dir: Path
+    text_encoder_dir: Path
+    vae_dir: Path
+    tokenizer_dir: Path
+    scheduler_dir: Path | None
+    allow_pickle: bool = False
+    _configs: dict = field(default_factory=dict, repr=False)
+    family_name: str | None = None  # --family, or recorded by `md-export init`; else detected from configs
+    lora: tuple = ()  # ((path, scale), ...) fused into the UNet and text encoder after loading
+    original: Path | None = None  # the single file a "single-file" checkpoint was converted from
+
+    # -- discovery ---------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        unet: str | Path | None = None,
+        text_encoder: str | Path | None = None,
+        vae: str | Path | None = None,
+        tokenizer: str | Path | None = None,
+        scheduler: str | Path | None = None,
+        allow_pickle: bool = False,
+        family: str | None = None,
+        lora=(),
+    ) -> "Checkpoint":
+        if path is not None and Path(path).is_file():
+            from md_export.checkpoint.single_file import open_single_file
+
+            return open_single_file(cls, Path(path), family=family, allow_pickle=allow_pickle, lora=lora)
+        overrides = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "tokenizer": tokenizer, "scheduler": scheduler}
+        if path is None and not any(overrides.values()):
+            root, kind = default_model_dir(), "default"
+        elif path is None:
+            root, kind = None, "component-folders"
+        else:
+            root, kind = Path(path), "diffusers-folder"
+            if not root.exists():
+                raise InputError(f"{root}: no such file or folder")
+            if root.is_file():
+                raise InputError(
+                    f"{root}: is a file; expected a diffusers pipeline folder (model_index.json, unet/, text_encoder/, vae/, tokenizer/, scheduler/)"
+                )
+            if not (root / "model_index.json").is_file() and not any(overrides.values()):
+                raise InputError(
+                    f"{root}: not a diffusers pipeline folder (no model_index.json); "
+                    "give one, or the components with --unet/--text-encoder/--vae/--tokenizer"
+                )
+        dirs: dict[str, Path | None] = {}
+        for name in COMPONENT_DIRS:
+            given = overrides[name]
+            if given is not None:
+                dirs[name] = Path(given)
+            elif root is not None:
+                dirs[name] = root / name
+            else:
+                dirs[name] = None
+        for name in ("unet", "text_encoder", "vae", "tokenizer"):
+            d = dirs[name]
+            flag = "--" + name.replace("_", "-")
+            if d is None:
+                raise InputError(f"missing component '{name}': pass {flag} DIR or a diffusers pipeline folder")
+            if not d.is_dir():
+                raise InputError(f"{d}: missing {name} folder (give it with {flag} DIR)")
+        if dirs["scheduler"] is not None and not dirs["scheduler"].is_dir():
+            if overrides["scheduler"] is not None or kind != "component-folders":
+                raise InputError(f"{dirs['scheduler']}: missing scheduler folder (expected scheduler_config.json inside)")
+            dirs["scheduler"] = None
+        ck = cls(kind, root, dirs["unet"], dirs["text_encoder"], dirs["vae"], dirs["tokenizer"], dirs["scheduler"], allow_pickle,
+                 family_name=family, lora=tuple(lora or ()))
+        ck.validate()
+        return ck
+
+    def validate(self) -> None:
+        """Check every config and weights file is present and readable, without loading weights."""
+        _ = self.unet_config, self.text_encoder_config, self.vae_config  # reading parses each: errors name the file
+        for d in (self.unet_dir, self.text_encoder_dir, self.vae_dir):
+            weights_file(d, self.allow_pickle)
+        for name in ("vocab.json", "merges.txt"):
+            if not (self.tokenizer_dir / name).is_file():
+                raise InputError(f"{self.tokenizer_dir / name}: missing CLIP tokenizer file (expected vocab.json and merges.txt)")
+        read_json(self.tokenizer_dir / "vocab.json")
+        _ = self.scheduler_config  # read and parsed now, before any heavy work
+        for key in ("in_channels", "sample_size", "cross_attention_dim", "block_out_channels"):
+            if key not in self.unet_config:
+                raise InputError(f"{self.unet_dir / 'config.json'}: not a UNet2DConditionModel config (no '{key}')")
+        for key in ("hidden_size", "vocab_size"):
+            if key not in self.text_encoder_config:
+                raise InputError(f"{self.text_encoder_dir / 'config.json'}: not a CLIP text encoder config (no '{key}')")
+        for key in ("latent_channels", "block_out_channels"):
+            if key not in self.vae_config:
+                raise InputError(f"{self.vae_dir / 'config.json'}: not an AutoencoderKL config (no '{key}')")
+
+    # -- configs -------------------------------------------------------------------------------
+    def _config(self, key: str, path: Path) -> dict:
+        if key not in self._configs:
+            self._configs[key] = read_json(path)
+        return self._configs[key]
+
+    @property
+    def unet_config(self) -> dict:
+        return self._config("unet", self.unet_dir / "config.json")
+
+    @property
+    def text_encoder_config(self) -> dict:
+        return self._config("text_encoder", self.text_encoder_dir / "config.json")
+
+    @property
+    def vae_config(self) -> dict:
+        return self._config("vae", self.vae_dir / "config.json")
+
+    @property
+    def scheduler_config(self) -> dict:
+        if self.scheduler_dir is None:
+            from md_export.families.tiny import SD_SCHEDULER_CONFIG
+
+            return {"_class_name": "EulerDiscreteScheduler", **SD_SCHEDULER_CONFIG}
+        return self._config("scheduler", self.scheduler_dir / "scheduler_config.json")
+
+    def weights_sha256(self) -> dict[str, str]:
+        return {
+            name: file_sha256(weights_file(d, self.allow_pickle))
+            for name, d in (("unet", self.unet_dir), ("text_encoder", self.text_encoder_dir), ("vae", self.vae_dir))
+        }
+
+    def component_dirs(self) -> dict[str, Path]:
+        dirs = {"unet": self.unet_dir, "text_encoder": self.text_encoder_dir, "vae": self.vae_dir, "tokenizer": self.tokenizer_dir}
+        if self.scheduler_dir is not None:
+            dirs["scheduler"] = self.scheduler_dir
+        return dirs
+
+    @property
+    def family(self) -> str | None:
+        from md_export.checkpoint.family import checkpoint_family
+
+        return checkpoint_family(self)
+
+    def describe(self) -> str:
+        return str(self.source) if self.source is not None else "component folders"
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load(self, what: str, loader, folder: Path):
+        try:
+            kwargs = {"low_cpu_mem_usage": False} if "diffusers" in loader.__module__ else {}
+            model = loader(folder, local_files_only=True, use_safetensors=not self.allow_pickle or None, **kwargs)
+        except InputError:
+            raise
+        except Exception as e:  # diffusers/transformers raise many types; name the folder and the cause
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{folder}: cannot load the {what} ({msg})") from e
+        return model.float().eval()
+
+    def load_unet(self):
+        from md_export.families.registry import unet_class
+        from md_export.checkpoint.lora import fuse_loras
+
+        model = self._load("UNet", unet_class(self.unet_config).from_pretrained, self.unet_dir)
+        return fuse_loras(model, "unet", self.lora)
+
+    def load_text_encoder(self):
+        from transformers import CLIPTextModel
+
+        from md_export.checkpoint.lora import fuse_loras
+
+        model = self._load("text encoder", CLIPTextModel.from_pretrained, self.text_encoder_dir)
+        return fuse_loras(model, "text_encoder", self.lora)
+
+    def load_vae(self):
+        from diffusers import AutoencoderKL
+
+        return self._load("VAE", AutoencoderKL.from_pretrained, self.vae_dir)

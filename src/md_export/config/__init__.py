@@ -1,0 +1,1 @@
+"""Options: the command line over a recipe over the family's defaults."""

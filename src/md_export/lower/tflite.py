@@ -1,0 +1,83 @@
+"""TFLite (LiteRT): litert-torch converts the wrapped module into one named signature per file, in
+fp32 (fp16 weights come from compression)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from md_export.components.plan import ComponentPlan
+from md_export.core.errors import ConversionError, first_line
+from md_export.lower.base import LoweredModel, LowerOptions
+from md_export.core.deps import package_version, require
+
+
+class _NamedIO(torch.nn.Module):
+    """Keyword inputs and a dict output, so the signature carries md-export's names."""
+
+
+    def __init__(self, inner: torch.nn.Module, input_names: list[str], output_names: list[str]):
+        super().__init__()
+        self.inner = inner
+        self.input_names = input_names
+        self.output_names = output_names
+
+    def forward(self, **inputs):
+        out = self.inner(*(inputs[n] for n in self.input_names))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return dict(zip(self.output_names, out))
+
+
+@contextlib.contextmanager
+def _litert_console_quiet():
+    """litert-torch prints every conversion stage on its own rich console; md-export shows its
+    own progress, so mute that console while converting (MD_EXPORT_DEBUG=1 keeps it)."""
+    try:
+        from litert_torch import progress as litert_progress
+    except ImportError:
+        yield
+        return
+    console = getattr(litert_progress, "console", None)
+    before = getattr(console, "quiet", False)
+    if console is not None and os.environ.get("MD_EXPORT_DEBUG", "") in ("", "0"):
+        console.quiet = True
+    try:
+        yield
+    finally:
+        if console is not None:
+            console.quiet = before
+
+
+class TFLiteLowerer:
+    name = "tflite"
+    extension = ".tflite"
+    default_precision = "fp32"
+    native_precisions = ("fp32",)
+
+    def lower(self, component: ComponentPlan, ep: torch.export.ExportedProgram, out_dir: Path, options: LowerOptions) -> LoweredModel:
+        litert_torch = require("litert_torch", "tflite")
+        path = out_dir / f"{component.name}{self.extension}"
+        names_in = [s.name for s in component.inputs]
+        names_out = [s.name for s in component.outputs]
+        kwargs = dict(zip(names_in, component.example_inputs()))
+        # litert-torch exports the module itself (it cannot take a lifted ExportedProgram back in):
+        # hand it the same wrapped module and the same example inputs the capture used.
+        module = _NamedIO(component.module, names_in, names_out).eval()
+        if options.precision != "fp32":  # fp16 weights come from compression (export.py), not the converter
+            raise ConversionError(f"tflite: the converter writes fp32; precision {options.precision} is applied after lowering")
+        try:
+            with _litert_console_quiet():
+                edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert()
+                edge.export(str(path))
+        except Exception as e:
+            raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
+        return LoweredModel(component.name, path, "fp32", signature=component.name)
+
+    def versions(self) -> dict[str, str]:
+        return {d: package_version(d) for d in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")}
+
+
+LOWERER = TFLiteLowerer()

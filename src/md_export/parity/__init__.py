@@ -1,1 +1,0 @@
-"""Parity: run each saved artifact in its own runtime and compare it with the fp32 PyTorch reference."""

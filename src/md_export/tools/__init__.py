@@ -1,0 +1,1 @@
+"""Tools over the library: inspect, sensitivity reports, environment."""

@@ -1,0 +1,195 @@
+"""`md-export check`: load each saved model in its own runtime, feed it inputs shaped like real
+ones, and compare with the fp32 PyTorch reference built from the checkpoint the manifest names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from md_export.checkpoint.folder import Checkpoint
+from md_export.components.plan import ExportPlan, attach_modules, make_plan
+from md_export.core.errors import InputError, MdExportError, MissingDependencyError, UnsupportedOpError
+from md_export.core.io import write_json
+from md_export.core.manifest import MANIFEST, Manifest, find_bundles, model_files, read_manifest, write_manifest
+from md_export.core.metrics import compare, worst
+from md_export.core.progress import Progress
+from md_export.pipeline.loop import guidance_embedding
+from md_export.pipeline.prompts import bundled_prompts
+from md_export.pipeline.tokenizer import ClipTokenizer
+from md_export.runtime.coreml import can_run_natively
+from md_export.runtime.open import RUNTIME_NAMES, open_model
+from md_export.verify.end_to_end import check_end_to_end
+from md_export.verify.floors import floor_for
+from md_export.verify.report import FAIL, NOT_RUN, PASS, Check, ParityReport
+
+
+
+def reference_checkpoint(manifest: dict, override: Path | None) -> Checkpoint:
+    """The checkpoint the bundle was exported from (or --checkpoint), verified by weight hashes."""
+    source = manifest.get("source", {})
+    lora = tuple((e["file"], e["scale"]) for e in source.get("lora") or ())
+    if override is not None:
+        ckpt = Checkpoint.open(override, lora=lora)
+    elif source.get("kind") == "default":
+        ckpt = Checkpoint.open(None)
+    elif source.get("kind") == "component-folders":
+        ckpt = Checkpoint.open(None, **{k: Path(v) for k, v in source.get("components", {}).items()})
+    else:
+        path = Path(source.get("path", ""))
+        if not (path.is_dir() or (source.get("kind") == "single-file" and path.is_file())):
+            raise InputError(f"reference checkpoint {path} (from the manifest) is not here; pass --checkpoint DIR")
+        ckpt = Checkpoint.open(path, family=source.get("family") if source.get("kind") == "single-file" else None, lora=lora)
+    expected = source.get("weights_sha256") or {}
+    if expected:
+        actual = ckpt.weights_sha256()
+        for name, digest in expected.items():
+            if actual.get(name) != digest:
+                raise InputError(
+                    f"reference checkpoint {ckpt.describe()}: {name} weights differ from the exported ones (sha256); "
+                    "pass --checkpoint with the checkpoint this bundle came from"
+                )
+    return ckpt
+
+
+class InputFactory:
+    """Seeded inputs shaped like real ones: token ids of real prompts through the bundle's own
+    tokenizer, text embeddings from the reference encoder, latents ~ N(0, 1), timesteps spread
+    over the training schedule."""
+
+    def __init__(self, bundle: Path, manifest: dict, plan: ExportPlan, seed: int, samples: int):
+        self.bundle, self.manifest, self.plan, self.seed, self.samples = bundle, manifest, plan, seed, samples
+        self.prompts = bundled_prompts()
+        self._tokenizer = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = ClipTokenizer.from_folder(
+                self.bundle / "tokenizer", pad_token_id=self.manifest["pipeline"]["tokenizer"].get("pad_token_id")
+            )
+        return self._tokenizer
+
+    def ids(self, prompt: str) -> np.ndarray:
+        return np.asarray(self.tokenizer().encode(prompt), dtype=np.int32).reshape(1, -1)
+
+    def embed(self, prompt: str) -> np.ndarray:
+        te = self.plan.components["text_encoder"].module
+        with torch.no_grad():
+            return te(torch.from_numpy(self.ids(prompt))).numpy()
+
+    def make(self, model: str, i: int) -> dict[str, np.ndarray]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + i)
+        comp = self.plan.components[model]
+        prompt = self.prompts[i % len(self.prompts)]
+        feeds: dict[str, np.ndarray] = {}
+        for spec in comp.inputs:
+            if spec.name == "input_ids":
+                feeds[spec.name] = self.ids("" if i == 0 else prompt)
+            elif spec.name == "timestep":
+                t = 999.0 - (998.0 * i / max(self.samples - 1, 1))
+                feeds[spec.name] = np.full(spec.shape, round(t), dtype=np.float32)
+            elif spec.name == "encoder_hidden_states":
+                rows = [self.embed(""), self.embed(prompt)] if spec.shape[0] == 2 else [self.embed(prompt)]
+                feeds[spec.name] = np.concatenate(rows, axis=0).astype(np.float32)
+            elif spec.name == "timestep_cond":
+                feeds[spec.name] = guidance_embedding(self.manifest["pipeline"].get("default_guidance_scale", 8.0), spec.shape[1], spec.shape[0])
+            elif spec.name == "image":
+                feeds[spec.name] = (torch.rand(spec.shape, generator=g) * 2 - 1).numpy()
+            else:
+                feeds[spec.name] = torch.randn(spec.shape, generator=g).numpy()
+        return feeds
+
+
+def check_bundle(
+    bundle: Path,
+    *,
+    samples: int = 2,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    thresholds: dict[str, float] | None = None,
+    allow_skip: bool = False,
+    end_to_end: bool = True,
+    e2e_steps: int = 4,
+    progress: Progress | None = None,
+) -> ParityReport:
+    progress = progress or Progress()
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    target = manifest["target"]
+    thresholds = thresholds or {}  # the command line's floors win over the recipe's (recorded at export)
+    thresholds = {**({} if "all" in thresholds else manifest.get("parity_floors") or {}), **thresholds}
+    if samples < 1:
+        raise InputError(f"--samples {samples}: use 1 or more")
+    opts = manifest.get("options", {})
+    ckpt = reference_checkpoint(manifest, checkpoint)
+    plan = make_plan(ckpt, height=opts.get("height"), width=opts.get("width"), unet_batch=opts.get("unet_batch"),
+                     with_encoder=bool(opts.get("with_encoder")))
+    with progress.stage("reference", "load", target):
+        attach_modules(plan, ckpt)
+    factory = InputFactory(bundle, manifest, plan, seed, samples)
+    report = ParityReport(bundle, target, samples, seed,
+                          {"path": ckpt.describe(), "kind": ckpt.kind, "weights_match": True}, allow_skip=allow_skip)
+    engines = [None] + (["coreml"] if target == "coreml" and can_run_natively() else [])
+    for name, entry in manifest["models"].items():
+        if name not in plan.components:
+            raise InputError(f"{bundle / 'manifest.json'}: model '{name}' is not one md-export knows how to check")
+        comp = plan.components[name]
+        precision = entry.get("precision", "fp32")
+        floor = floor_for(name, precision, thresholds, entry.get("compression"))
+        for engine in engines:
+            runtime = engine or RUNTIME_NAMES[target]
+            out_name = comp.outputs[0].name
+            with progress.stage(name, f"parity ({runtime})", target):
+                report.checks.append(_check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine,
+                                                  precision, floor, samples))
+    if end_to_end:
+        with progress.stage("pipeline", f"end to end ({e2e_steps} steps)", target):
+            report.checks.append(check_end_to_end(bundle, manifest, target, plan, ckpt, factory, thresholds, e2e_steps, seed, report))
+    save_report(bundle, manifest, report)
+    return report
+
+
+def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine, precision, floor, samples) -> Check:
+    base = dict(model=name, output=out_name, runtime=runtime, precision=precision, threshold_psnr=floor)
+    try:
+        runner = open_model(target, bundle, entry, engine)
+    except (MissingDependencyError, ImportError) as e:
+        return Check(status=NOT_RUN, reason=f"runtime not available: {e}", **base)
+    except MdExportError as e:
+        return Check(status=FAIL, reason=f"cannot load {'+'.join(model_files(entry))}: {e}", **base)
+    except Exception as e:
+        return Check(status=FAIL, reason=f"cannot load {'+'.join(model_files(entry))}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
+    per_sample = []
+    for i in range(samples):
+        feeds = factory.make(name, i)
+        with torch.no_grad():
+            ref = comp.module(*(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in comp.inputs)).numpy()
+        try:
+            out = runner(feeds)[out_name]
+        except UnsupportedOpError as e:
+            return Check(status=NOT_RUN, reason=str(e), **base)
+        except Exception as e:
+            return Check(status=FAIL, reason=f"run failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
+        try:
+            per_sample.append(compare(ref, np.asarray(out, dtype=np.float32)))
+        except ValueError as e:
+            return Check(status=FAIL, reason=str(e), **base)
+    metrics = worst(per_sample)
+    ok = metrics["psnr"] >= floor and np.isfinite(metrics["cosine"])
+    return Check(status=PASS if ok else FAIL, metrics=metrics, samples=samples, **base)
+
+
+def save_report(bundle: Path, manifest: dict, report: ParityReport) -> None:
+    write_json(bundle / "parity.json", report.to_json())
+    (bundle / "parity.md").write_text(report.markdown(), encoding="utf-8")
+    updated = Manifest.from_json(manifest, bundle / MANIFEST)
+    updated.parity = report.summary()
+    write_manifest(bundle, updated)
+
+
+def check_bundles(paths, progress: Progress | None = None, **kwargs) -> list[ParityReport]:
+    bundles = []
+    for p in paths:
+        bundles += find_bundles(Path(p))
+    return [check_bundle(b, progress=progress, **kwargs) for b in bundles]

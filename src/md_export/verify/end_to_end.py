@@ -1,0 +1,82 @@
+"""End-to-end parity: the app's denoising loop driven through the bundle's models, against the
+diffusers pipeline on the reference components, same prompt, seed, scheduler and steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from md_export.core.io import read_json
+from md_export.core.metrics import compare
+from md_export.pipeline.image import save_png, side_by_side
+from md_export.pipeline.loop import generate
+from md_export.runtime.open import open_model
+from md_export.verify.report import FAIL, NOT_RUN, PASS, Check
+from md_export.verify.floors import end_to_end_floor
+
+E2E_PROMPT = "a red fox in snow"
+DIFFUSERS_SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpmpp-2m": "DPMSolverMultistepScheduler",
+    "lcm": "LCMScheduler",
+}
+
+
+def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int, seed: int, guidance_scale: float) -> np.ndarray:
+    """The diffusers pipeline's image for the reference components, as [1, 3, H, W] in [-1, 1]."""
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    pipe_cfg = manifest["pipeline"]
+    sched_cls = getattr(diffusers, DIFFUSERS_SCHEDULERS[pipe_cfg["scheduler"]])
+    scheduler = sched_cls.from_config(read_json(bundle / "scheduler.json"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
+    text_encoder = plan.components["text_encoder"].module.text_encoder
+    unet = plan.components["unet"].module.unet
+    vae = ckpt.load_vae()
+    common = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+    if pipe_cfg["guidance"] == "embedded":
+        pipe = diffusers.LatentConsistencyModelPipeline(**common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        pipe = diffusers.StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = pipe(
+            prompt,
+            height=pipe_cfg["image_height"],
+            width=pipe_cfg["image_width"],
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np",
+        ).images
+    return (np.transpose(out, (0, 3, 1, 2)) * 2.0 - 1.0).astype(np.float32)
+
+
+def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, thresholds, steps, seed, report) -> Check:
+    pipe_cfg = manifest["pipeline"]
+    precision = "fp16" if any(m.get("precision") == "fp16" for m in manifest["models"].values()) else "fp32"
+    floor = end_to_end_floor(manifest["models"], precision, thresholds)
+    base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
+    guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
+    try:
+        models = {name: open_model(target, bundle, entry) for name, entry in manifest["models"].items()}
+        image = generate(models, pipe_cfg, factory.tokenizer(), _scheduler_config(bundle), E2E_PROMPT,
+                         steps=steps, guidance_scale=guidance, seed=seed)
+    except Exception as e:  # the component checks already say which model is at fault
+        return Check(status=NOT_RUN if "Unsupported" in type(e).__name__ else FAIL,
+                     reason=f"artifact loop failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
+    ref = reference_image(plan, ckpt, manifest, bundle, E2E_PROMPT, steps, seed, guidance)
+    art = np.clip(np.asarray(image, dtype=np.float32), -1.0, 1.0)
+    metrics = compare(ref, art)
+    png = bundle / "parity_end_to_end.png"
+    save_png(png, side_by_side(ref, art))
+    save_png(bundle / "generated.png", art)
+    report.artifacts["side_by_side"] = png.name
+    status = PASS if metrics["psnr"] >= floor else FAIL
+    return Check(status=status, metrics=metrics, samples=1, reason=f"{steps} steps, prompt {E2E_PROMPT!r}, seed {seed}", **base)
+
+
+def _scheduler_config(bundle) -> dict:
+    return read_json(bundle / "scheduler.json")

@@ -1,0 +1,82 @@
+"""Default parity floors (PSNR in dB) per component and precision. Overridable per run
+(`md-export check --threshold unet=45`) and, later, per recipe; the floor used is recorded."""
+
+from __future__ import annotations
+
+from md_export.core.errors import InputError
+
+DEFAULT_PSNR = {
+    "fp32": {"text_encoder": 80.0, "unet": 80.0, "vae_decoder": 80.0, "vae_encoder": 80.0, "end_to_end": 40.0},
+    "fp16": {"text_encoder": 50.0, "unet": 50.0, "vae_decoder": 40.0, "vae_encoder": 40.0, "end_to_end": 25.0},
+}
+
+
+def default_floor(model: str, precision: str) -> float:
+    table = DEFAULT_PSNR.get(precision)
+    if table is None:
+        raise InputError(f"no default parity floor for precision '{precision}'; give one with --threshold {model}=DB")
+    return table.get(model, min(table.values()))
+
+
+def parse_overrides(items: list[str]) -> dict[str, float]:
+    """['unet=45', 'vae_decoder=35'] -> {'unet': 45.0, ...}; 'all=60' sets every model."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise InputError(f"--threshold {item!r}: use MODEL=DB, e.g. unet=45 (or all=60)")
+    return out
+
+
+# Floors for compressed models, keyed by the manifest's "compression" value (or its family:
+# "palettize-6-g16" -> "palettize-6", "mixed-bit:4.5" -> "mixed-bit", "int4-block32" -> "int4-block").
+# Measured on the tiny default model (random weights, which compress worse than trained ones);
+# the floor is a few dB under what was measured, so a broken level fails, a working one passes.
+COMPRESSION_PSNR = {
+    "fp16": DEFAULT_PSNR["fp16"],
+    "int8": {"text_encoder": 35.0, "unet": 35.0, "vae_decoder": 35.0, "vae_encoder": 35.0, "end_to_end": 20.0},
+    "w8a8": {"text_encoder": 15.0, "unet": 18.0, "vae_decoder": 18.0, "vae_encoder": 18.0, "end_to_end": 10.0},
+    "palettize-8": {"text_encoder": 35.0, "unet": 35.0, "vae_decoder": 35.0, "vae_encoder": 35.0, "end_to_end": 20.0},
+    "palettize-6": {"text_encoder": 28.0, "unet": 28.0, "vae_decoder": 28.0, "vae_encoder": 28.0, "end_to_end": 15.0},
+    "palettize-4": {"text_encoder": 18.0, "unet": 18.0, "vae_decoder": 18.0, "vae_encoder": 18.0, "end_to_end": 10.0},
+    "palettize-2": {"text_encoder": 5.0, "unet": 5.0, "vae_decoder": 5.0, "vae_encoder": 5.0, "end_to_end": 3.0},
+    "mixed-bit": {"text_encoder": 15.0, "unet": 15.0, "vae_decoder": 15.0, "vae_encoder": 15.0, "end_to_end": 8.0},
+    "int4": {"text_encoder": 15.0, "unet": 15.0, "vae_decoder": 15.0, "vae_encoder": 15.0, "end_to_end": 8.0},
+    "int4-block": {"text_encoder": 18.0, "unet": 18.0, "vae_decoder": 18.0, "vae_encoder": 18.0, "end_to_end": 10.0},
+    "mixed": {"text_encoder": 18.0, "unet": 18.0, "vae_decoder": 18.0, "vae_encoder": 18.0, "end_to_end": 10.0},
+}
+
+
+def compression_family(compression: str | None) -> str:
+    c = (compression or "none").lower()
+    if c.startswith("palettize-"):
+        return "-".join(c.split("-")[:2])
+    if c.startswith("mixed-bit"):
+        return "mixed-bit"
+    if c.startswith("int4-block"):
+        return "int4-block"
+    if c.startswith("mixed:"):
+        return "mixed"
+    return c
+
+
+def floor_for(model: str, precision: str, overrides: dict[str, float], compression: str | None = None) -> float:
+    if model in overrides:
+        return overrides[model]
+    if "all" in overrides:
+        return overrides["all"]
+    family = compression_family(compression)
+    if family not in ("none", "fp32", "") and family in COMPRESSION_PSNR:
+        table = COMPRESSION_PSNR[family]
+        return min(table.get(model, min(table.values())), default_floor(model, precision))
+    return default_floor(model, precision)
+
+
+def end_to_end_floor(models: dict, precision: str, overrides: dict[str, float]) -> float:
+    """The image floor of a bundle: the lowest any of its models' compressions allows."""
+    floors = [floor_for("end_to_end", precision, overrides, m.get("compression")) for m in models.values()]
+    return min(floors, default=floor_for("end_to_end", precision, overrides))
