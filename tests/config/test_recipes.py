@@ -236,10 +236,15 @@ def test_cli_recipe_export_records_floors_and_check_uses_them(bk_tiny, tmp_path,
     assert m["source"]["family"] == "bk-sdm-tiny" and m["source"]["recipe"] == str(p)
     assert m["pipeline"]["image_height"] == 128 and m["pipeline"]["default_steps"] == 3  # command line beat the recipe
     assert m["pipeline"]["scheduler"] == "euler" and not (out / "coreml").exists()
+    # the recorded floors cannot lower md-export's (fp32: 80 dB); naming the recipe applies its floors
     report = check_bundle(out / "onnx", end_to_end=False, samples=1)
-    floors = {c.model: c.threshold_psnr for c in report.checks}
-    assert floors == {"text_encoder": 77.0, "unet": 66.0, "vae_decoder": 77.0}
-    assert report.summary()["status"] == "pass"
+    assert {c.model: c.threshold_psnr for c in report.checks} == {"text_encoder": 80.0, "unet": 80.0, "vae_decoder": 80.0}
+    recipe_floors = {"all": 77.0, "unet": 66.0}
+    named = check_bundle(out / "onnx", end_to_end=False, samples=1, recipe_floors={"onnx": recipe_floors})
+    assert {c.model: c.threshold_psnr for c in named.checks} == {"text_encoder": 77.0, "unet": 66.0, "vae_decoder": 77.0}
+    assert named.summary()["status"] == "pass"
+    lowered = check_bundle(out / "onnx", end_to_end=False, samples=1, thresholds={"all": 60.0})  # raised back by the bundle's
+    assert {c.model: c.threshold_psnr for c in lowered.checks} == {"text_encoder": 77.0, "unet": 66.0, "vae_decoder": 77.0}
     over = check_bundle(out / "onnx", end_to_end=False, samples=1, thresholds={"all": 500.0})
     assert over.summary()["status"] == "fail" and {c.threshold_psnr for c in over.checks} == {500.0}
 
@@ -305,7 +310,8 @@ def test_recipe_exports_and_checks(recipe_export, family_checkpoint, name, targe
         assert m["models"]["unet"]["inputs"][-1]["name"] == "timestep_cond" and pipe["guidance"] == "embedded"
     else:
         assert [i["name"] for i in m["models"]["unet"]["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
-    report = check_bundle(result.bundle, end_to_end=False, samples=1)
+    # checked as `md-export check --recipe NAME` does: the recipe's floors (recorded ones only raise)
+    report = check_bundle(result.bundle, end_to_end=False, samples=1, recipe_floors={target: dict(tr.parity)})
     assert report.summary()["status"] == "pass", report.summary()
     for c in report.checks:
         if c.model in tr.parity or "all" in tr.parity:

@@ -136,7 +136,8 @@ def _export_command(target_default: Optional[str]):
             n: {k: m[k] for k in ("file", "chunks", "precision", "bytes", "sha256") if k in m} for n, m in r.manifest["models"].items()}} for r in results]}
         exit_code = 0
         if not no_check:
-            exit_code = _check_after_export([r.bundle for r in results], output, summary)
+            # the recipe named on this command line sets the check's floors, as `check --recipe` would
+            exit_code = _check_after_export([r.bundle for r in results], output, summary, recipe_floors=options.thresholds)
         for r in results:
             sizes = ", ".join(f"{n} {m['bytes'] / 1e6:.1f} MB" for n, m in r.manifest["models"].items())
             output.print(f"[green]wrote[/] {r.bundle}  ({sizes})")
@@ -146,14 +147,14 @@ def _export_command(target_default: Optional[str]):
     return command
 
 
-def _check_after_export(bundles, output: Output, summary: dict) -> int:
+def _check_after_export(bundles, output: Output, summary: dict, recipe_floors: dict | None = None) -> int:
     try:
         from md_export.verify.check import check_bundles
     except ImportError:
         output.print("[yellow]parity check not available in this build; bundles are unchecked[/]")
         summary["parity"] = {"status": "not-run"}
         return 1
-    reports = check_bundles(bundles, progress=output.progress())
+    reports = check_bundles(bundles, progress=output.progress(), recipe_floors=recipe_floors)
     summary["parity"] = [r.summary() for r in reports]
     for r in reports:
         output.print(r.table())
@@ -349,6 +350,8 @@ def check_cmd(
     seed: int = typer.Option(0, "--seed"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Reference checkpoint, if not where the manifest says."),
     threshold: list[str] = typer.Option([], "--threshold", help="PSNR floor override, MODEL=DB (text_encoder, unet, vae_decoder, end_to_end, all)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the floors of this recipe (file or shipped name) where --threshold gives none."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing model files with the manifest's sha256 (reported as skipped)."),
     allow_skip: bool = typer.Option(False, "--allow-skip", help="A check that could not run (runtime missing) does not fail the run."),
     no_e2e: bool = typer.Option(False, "--no-e2e", help="Skip the end-to-end image comparison."),
     e2e_steps: int = typer.Option(4, "--e2e-steps", help="Denoising steps for the end-to-end comparison."),
@@ -358,18 +361,27 @@ def check_cmd(
     """Run every saved model in its own runtime (TFLite interpreter, onnxruntime, Core ML evaluator)
     against the fp32 PyTorch reference, then the whole text-to-image loop against diffusers.
 
-    Exit 0: every check meets its floor; 1: any falls short or could not run; 2: bad input.
+    First every model file is compared with the manifest's sha256 and bytes. Floors come from
+    --threshold, then --recipe, then md-export's defaults per compression level; floors recorded
+    in the bundle can only raise them.
+
+    Exit 0: every check meets its floor; 1: any falls short, could not run, or a file does not match
+    its sha256; 2: bad input.
 
         md-export check out/
         md-export check out/coreml --samples 4 --seed 0 --json report.json
+        md-export check out/ --recipe mobilediffusion-ios
     """
+    from md_export.config.recipe import load_recipe
     from md_export.verify.check import check_bundles
     from md_export.verify.floors import parse_overrides
 
     output = Output(json_path == "-", quiet)
+    overrides = parse_overrides(threshold)
+    recipe_floors = {t: dict(r.parity) for t, r in load_recipe(recipe).target.items()} if recipe is not None else None
     reports = check_bundles(paths, progress=output.progress(), samples=samples, seed=seed, checkpoint=checkpoint,
-                            thresholds=parse_overrides(threshold), allow_skip=allow_skip, end_to_end=not no_e2e,
-                            e2e_steps=e2e_steps)
+                            thresholds=overrides, recipe_floors=recipe_floors, verify=not no_verify, allow_skip=allow_skip,
+                            end_to_end=not no_e2e, e2e_steps=e2e_steps)
     for r in reports:
         output.print(r.table())
     data = [r.to_json() for r in reports]

@@ -3,6 +3,7 @@ folder a bundle is staged in."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,29 @@ def read_json(path: Path) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     # allow_nan=False: the apps parse strict JSON, so a NaN must never reach a manifest
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_file(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all, never through a symlink: the bytes go to a new temporary
+    file beside it (O_EXCL | O_NOFOLLOW), which is then renamed over the name. A symlink planted at
+    the name is replaced, not followed; a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)  # the umask applies: normal permissions, not mkstemp's 0600
+    except FileExistsError:
+        os.unlink(tmp)  # left by a killed run of this same process id
+        fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

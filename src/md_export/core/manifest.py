@@ -233,14 +233,40 @@ def model_files(entry: dict) -> list[str]:
     return [entry["file"]] if entry.get("file") else []
 
 
+def inside_bundle(bundle: Path, rel: str, what: str) -> Path:
+    """`bundle / rel` when it names something inside the bundle; a bundle is untrusted input, so an
+    absolute path, a '..' or a symlink that leads out of it (anywhere below a model folder too) is
+    refused, exit 2."""
+    manifest = Path(bundle) / MANIFEST
+    parts = Path(rel).parts if isinstance(rel, str) else ()
+    if not parts or Path(rel).is_absolute() or ".." in parts or "\\" in rel or ":" in parts[0]:
+        raise InputError(f"{manifest}: {what} {rel!r} is not a path inside the bundle (absolute paths and '..' are refused)")
+    root = Path(bundle).resolve()
+    path = Path(bundle) / rel
+    _confined(path, root, what)
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path, followlinks=False):
+            for name in dirs + files:
+                _confined(Path(folder) / name, root, what)
+    return path
+
+
+def _confined(path: Path, root: Path, what: str) -> None:
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        raise InputError(f"{path}: {what} leads outside the bundle (to {real}); md-export does not follow it")
+
+
 def load_manifest(bundle: Path) -> Manifest:
-    """The bundle's manifest as a typed object, validated; one-line errors name the file and field."""
+    """The bundle's manifest as a typed object, validated; one-line errors name the file and field.
+    Every file it names must be inside the bundle (inside_bundle)."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise InputError(f"{bundle}: not a folder; expected an md-export bundle (a folder with manifest.json)")
     path = bundle / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: missing; {bundle} is not an md-export bundle (export one with `md-export export`)")
+    inside_bundle(bundle, MANIFEST, "the manifest")
     data = read_json(path)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
@@ -251,8 +277,12 @@ def load_manifest(bundle: Path) -> Manifest:
         if not files:
             raise InputError(f"{path}: model '{name}' names no file (neither 'file' nor 'chunks')")
         for file in files:
-            if not (bundle / file).exists():
+            if not inside_bundle(bundle, file, f"model file for '{name}'").exists():
                 raise InputError(f"{bundle / file}: model file for '{name}' named in the manifest is missing")
+    tokenizer = manifest.pipeline.tokenizer
+    for rel in (tokenizer.vocab, tokenizer.merges, "tokenizer", "scheduler.json"):
+        if rel in (tokenizer.vocab, tokenizer.merges) or (bundle / rel).exists() or (bundle / rel).is_symlink():
+            inside_bundle(bundle, rel, "bundle file")
     return manifest
 
 
@@ -263,9 +293,7 @@ def read_manifest(bundle: Path) -> dict:
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
     """Write manifest.json whole or not at all: a temporary file renamed over it."""
-    tmp = Path(bundle) / f".{MANIFEST}.tmp"
-    write_json(tmp, manifest.to_json())
-    os.replace(tmp, Path(bundle) / MANIFEST)
+    write_json(Path(bundle) / MANIFEST, manifest.to_json())  # write_json: temp file renamed into place
 
 
 def find_bundles(path: Path) -> list[Path]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 
 import numpy as np
 
 from md_export.core.errors import InputError
+from md_export.core.io import write_file
 
 
 def _hwc_float01(image: np.ndarray) -> np.ndarray:
@@ -37,7 +40,9 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     arr = to_uint8(image)
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    Image.fromarray(arr).save(os.fspath(path), format="PNG")
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    write_file(Path(path), buffer.getvalue())  # whole or not at all, never through a symlink
 
 
 def side_by_side(ref: np.ndarray, art: np.ndarray, amplify: float = 8) -> np.ndarray:

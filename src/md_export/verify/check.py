@@ -11,7 +11,7 @@ import torch
 from md_export.checkpoint.folder import Checkpoint
 from md_export.components.plan import ExportPlan, attach_modules, make_plan
 from md_export.core.errors import InputError, MdExportError, MissingDependencyError, UnsupportedOpError
-from md_export.core.io import write_json
+from md_export.core.io import write_file, write_json
 from md_export.core.manifest import MANIFEST, Manifest, find_bundles, model_files, read_manifest, write_manifest
 from md_export.core.metrics import compare, worst
 from md_export.core.progress import Progress
@@ -22,6 +22,7 @@ from md_export.runtime.coreml import can_run_natively
 from md_export.runtime.open import RUNTIME_NAMES, open_model
 from md_export.verify.end_to_end import check_end_to_end
 from md_export.verify.floors import floor_for
+from md_export.verify.integrity import verify_files
 from md_export.verify.report import FAIL, NOT_RUN, PASS, Check, ParityReport
 
 
@@ -108,19 +109,26 @@ def check_bundle(
     seed: int = 0,
     checkpoint: Path | None = None,
     thresholds: dict[str, float] | None = None,
+    recipe_floors: dict[str, dict[str, float]] | None = None,
+    verify: bool = True,
     allow_skip: bool = False,
     end_to_end: bool = True,
     e2e_steps: int = 4,
     progress: Progress | None = None,
 ) -> ParityReport:
+    """Check one bundle. Floors: `thresholds` (the command line), then `recipe_floors` (a recipe the
+    user named: target -> model -> dB), then the defaults per level; the bundle's recorded floors
+    only raise them. `verify`: compare every model file with the manifest's sha256 and bytes first."""
     progress = progress or Progress()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     target = manifest["target"]
-    thresholds = thresholds or {}  # the command line's floors win over the recipe's (recorded at export)
-    thresholds = {**({} if "all" in thresholds else manifest.get("parity_floors") or {}), **thresholds}
+    floors = {"overrides": thresholds or {}, "recipe": (recipe_floors or {}).get(target, {}),
+              "recorded": manifest.get("parity_floors") or {}}
     if samples < 1:
         raise InputError(f"--samples {samples}: use 1 or more")
+    with progress.stage("bundle", "verify sha256" if verify else "verify (skipped)", target):
+        integrity = {"status": "skipped", "reason": "--no-verify"} if not verify else _integrity(bundle, manifest)
     opts = manifest.get("options", {})
     ckpt = reference_checkpoint(manifest, checkpoint)
     plan = make_plan(ckpt, height=opts.get("height"), width=opts.get("width"), unet_batch=opts.get("unet_batch"),
@@ -129,14 +137,15 @@ def check_bundle(
         attach_modules(plan, ckpt)
     factory = InputFactory(bundle, manifest, plan, seed, samples)
     report = ParityReport(bundle, target, samples, seed,
-                          {"path": ckpt.describe(), "kind": ckpt.kind, "weights_match": True}, allow_skip=allow_skip)
+                          {"path": ckpt.describe(), "kind": ckpt.kind, "weights_match": True}, allow_skip=allow_skip,
+                          integrity=integrity)
     engines = [None] + (["coreml"] if target == "coreml" and can_run_natively() else [])
     for name, entry in manifest["models"].items():
         if name not in plan.components:
             raise InputError(f"{bundle / 'manifest.json'}: model '{name}' is not one md-export knows how to check")
         comp = plan.components[name]
         precision = entry.get("precision", "fp32")
-        floor = floor_for(name, precision, thresholds, entry.get("compression"))
+        floor = floor_for(name, precision, floors["overrides"], entry.get("compression"), floors["recipe"], floors["recorded"])
         for engine in engines:
             runtime = engine or RUNTIME_NAMES[target]
             out_name = comp.outputs[0].name
@@ -145,9 +154,14 @@ def check_bundle(
                                                   precision, floor, samples))
     if end_to_end:
         with progress.stage("pipeline", f"end to end ({e2e_steps} steps)", target):
-            report.checks.append(check_end_to_end(bundle, manifest, target, plan, ckpt, factory, thresholds, e2e_steps, seed, report))
+            report.checks.append(check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors, e2e_steps, seed, report))
     save_report(bundle, manifest, report)
     return report
+
+
+def _integrity(bundle: Path, manifest: dict) -> dict:
+    problems = verify_files(bundle, manifest)
+    return {"status": FAIL, "files": problems} if problems else {"status": PASS}
 
 
 def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine, precision, floor, samples) -> Check:
@@ -182,7 +196,7 @@ def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, 
 
 def save_report(bundle: Path, manifest: dict, report: ParityReport) -> None:
     write_json(bundle / "parity.json", report.to_json())
-    (bundle / "parity.md").write_text(report.markdown(), encoding="utf-8")
+    write_file(bundle / "parity.md", report.markdown().encode("utf-8"))
     updated = Manifest.from_json(manifest, bundle / MANIFEST)
     updated.parity = report.summary()
     write_manifest(bundle, updated)

@@ -54,10 +54,10 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
     return (np.transpose(out, (0, 3, 1, 2)) * 2.0 - 1.0).astype(np.float32)
 
 
-def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, thresholds, steps, seed, report) -> Check:
+def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict, steps, seed, report) -> Check:
     pipe_cfg = manifest["pipeline"]
     precision = "fp16" if any(m.get("precision") == "fp16" for m in manifest["models"].values()) else "fp32"
-    floor = end_to_end_floor(manifest["models"], precision, thresholds)
+    floor = end_to_end_floor(manifest["models"], precision, floors["overrides"], floors["recipe"], floors["recorded"])
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
     guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
     try:

@@ -1,5 +1,6 @@
-"""Default parity floors (PSNR in dB) per component and precision. Overridable per run
-(`md-export check --threshold unet=45`) and, later, per recipe; the floor used is recorded."""
+"""Parity floors (PSNR in dB) per component, precision and compression level, and the order their
+sources apply in: the command line (`--threshold unet=45`), then a recipe the user names
+(`--recipe`), then these defaults; a bundle's recorded floors may only raise the result."""
 
 from __future__ import annotations
 
@@ -64,11 +65,8 @@ def compression_family(compression: str | None) -> str:
     return c
 
 
-def floor_for(model: str, precision: str, overrides: dict[str, float], compression: str | None = None) -> float:
-    if model in overrides:
-        return overrides[model]
-    if "all" in overrides:
-        return overrides["all"]
+def level_floor(model: str, precision: str, compression: str | None = None) -> float:
+    """md-export's own floor for a model at its precision and compression level."""
     family = compression_family(compression)
     if family not in ("none", "fp32", "") and family in COMPRESSION_PSNR:
         table = COMPRESSION_PSNR[family]
@@ -76,7 +74,29 @@ def floor_for(model: str, precision: str, overrides: dict[str, float], compressi
     return default_floor(model, precision)
 
 
-def end_to_end_floor(models: dict, precision: str, overrides: dict[str, float]) -> float:
+def _given(model: str, floors: dict[str, float]) -> float | None:
+    if model in floors:
+        return floors[model]
+    return floors.get("all")
+
+
+def floor_for(model: str, precision: str, overrides: dict[str, float], compression: str | None = None,
+              recipe: dict[str, float] | None = None, recorded: dict[str, float] | None = None) -> float:
+    """The floor a check uses. From the first that has one: the command line (`overrides`), a
+    recipe the user named (`recipe`), md-export's default for the level. A bundle's own recorded
+    floors (`recorded`, from its manifest) can only raise that, never lower it: a bundle is
+    untrusted input and must not weaken the gate that checks it."""
+    base = _given(model, overrides)
+    if base is None:
+        base = _given(model, recipe or {})
+    if base is None:
+        base = level_floor(model, precision, compression)
+    raised = _given(model, recorded or {})
+    return max(base, raised) if raised is not None else base
+
+
+def end_to_end_floor(models: dict, precision: str, overrides: dict[str, float], recipe: dict[str, float] | None = None,
+                     recorded: dict[str, float] | None = None) -> float:
     """The image floor of a bundle: the lowest any of its models' compressions allows."""
-    floors = [floor_for("end_to_end", precision, overrides, m.get("compression")) for m in models.values()]
-    return min(floors, default=floor_for("end_to_end", precision, overrides))
+    floors = [floor_for("end_to_end", precision, overrides, m.get("compression"), recipe, recorded) for m in models.values()]
+    return min(floors, default=floor_for("end_to_end", precision, overrides, None, recipe, recorded))

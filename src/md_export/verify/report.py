@@ -51,11 +51,13 @@ class ParityReport:
     checks: list[Check] = field(default_factory=list)
     allow_skip: bool = False
     artifacts: dict = field(default_factory=dict)  # extra files written (side-by-side PNG ...)
+    # the model files against the manifest's sha256 and bytes: pass | fail (with "files") | skipped (--no-verify)
+    integrity: dict = field(default_factory=lambda: {"status": NOT_RUN})
 
     @property
     def status(self) -> str:
         states = {c.status for c in self.checks}
-        if FAIL in states:
+        if FAIL in states or self.integrity.get("status") == FAIL:
             return FAIL
         if NOT_RUN in states or not self.checks:
             return NOT_RUN
@@ -76,6 +78,7 @@ class ParityReport:
             "samples": self.samples,
             "seed": self.seed,
             "reference": self.reference,
+            "integrity": self.integrity,
             "checks": [c.to_json() for c in self.checks],
             **({"artifacts": self.artifacts} if self.artifacts else {}),
         }
@@ -83,13 +86,16 @@ class ParityReport:
     def summary(self) -> dict:
         psnr = {f"{c.model}@{c.runtime}": _finite(round(c.metrics["psnr"], 2)) for c in self.checks if "psnr" in c.metrics}
         return {"bundle": str(self.bundle), "target": self.target, "status": self.status, "report": "parity.json",
-                "psnr": psnr, "not_run": [c.model for c in self.checks if c.status == NOT_RUN]}
+                "integrity": self.integrity["status"], "psnr": psnr, "not_run": [c.model for c in self.checks if c.status == NOT_RUN]}
 
     def markdown(self) -> str:
         lines = [
             f"# Parity: {self.target} bundle `{self.bundle}`",
             "",
             f"Status: **{self.status}** ({self.samples} samples, seed {self.seed}; reference: {self.reference.get('path')})",
+            "",
+            f"Integrity (model files against the manifest's sha256 and bytes): **{self.integrity['status']}**"
+            + "".join(f"\n- {p}" for p in self.integrity.get("files", [])),
             "",
             "| model | output | runtime | precision | PSNR (dB) | floor | cosine | max abs | mean abs | status |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -109,7 +115,8 @@ class ParityReport:
     def table(self):
         from rich.table import Table
 
-        t = Table(title=f"parity {self.target} {self.bundle}: {self.status}")
+        integrity = self.integrity["status"] + (f" ({'; '.join(self.integrity['files'])})" if self.integrity.get("files") else "")
+        t = Table(title=f"parity {self.target} {self.bundle}: {self.status}", caption=f"integrity: {integrity}")
         for col in ("model", "runtime", "precision", "PSNR dB", "floor", "cosine", "max abs", "status"):
             t.add_column(col)
         colors = {PASS: "green", FAIL: "red", NOT_RUN: "yellow"}
