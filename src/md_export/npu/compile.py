@@ -166,20 +166,12 @@ def _compile_one(
     ]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(
-            args,
-            check=False,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-        )
-        log, rc = proc.stdout, proc.returncode
+        # two pipes: QNN (stdout) and LiteRT (stderr) would otherwise interleave mid-line
+        proc = subprocess.run(args, check=False, env=env, capture_output=True, text=True, errors="replace", timeout=timeout)
+        log, rc = f"{proc.stdout}\n[md-export] stderr:\n{proc.stderr}", proc.returncode
     except subprocess.TimeoutExpired as e:
-        out_text = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        log, rc = out_text + f"\n[md-export] timed out after {timeout:.0f} s", -1
+        streams = [x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr)]
+        log, rc = "\n".join(streams) + f"\n[md-export] timed out after {timeout:.0f} s", -1
     seconds = round(time.perf_counter() - t0, 3)
     stats = [tuple(int(x) for x in m) for m in _RE_STATS.findall(log)]
     on_npu = sum(s[1] for s in stats)
@@ -288,8 +280,8 @@ def write_ai_pack(
     by_key = {(r.model, r.soc): r for r in results}
     groups = [t for t in targets if t.phone]
     placed: list[NpuResult] = []
-    for name, fallback in fallbacks.items():
-        fallback = Path(fallback)
+    for name, fallback_path in fallbacks.items():
+        fallback = Path(fallback_path)
         assets = root / name / "src" / "main" / "assets"
         for t in groups:
             r = by_key.get((name, t.soc))
