@@ -259,3 +259,36 @@ def test_psnr_and_floors():
     feeds = seeded_feeds([IoTensor("input_ids", "t", (1, 77), "int32"), IoTensor("timestep", "s", (2,), "float32")], seed=1)
     assert feeds["input_ids"].dtype == np.int32 and 0 <= feeds["input_ids"].min() and feeds["input_ids"].max() < 1000
     assert np.array_equal(feeds["input_ids"], seeded_feeds([IoTensor("input_ids", "t", (1, 77), "int32")], seed=1)["input_ids"])
+
+
+def _fake_sdk(root: Path, with_libs: bool) -> Path:
+    pkg = root / "ai_edge_litert_sdk_qualcomm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    libs = pkg / "data" / "lib" / "x86_64-linux-clang"
+    if with_libs:
+        libs.mkdir(parents=True)
+        for n in REQUIRED_LIBS:
+            (libs / n).write_bytes(b"")
+    return libs
+
+
+def test_litert_sdk_package_is_used_when_its_download_worked(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_LIB_DIR, raising=False)
+    libs = _fake_sdk(tmp_path, with_libs=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = find_qnn_host()
+    assert host.source == "ai-edge-litert-sdk-qualcomm" and host.lib_dir == libs
+
+
+def test_litert_sdk_package_without_its_sdk_is_skipped(tmp_path, monkeypatch):
+    """pip installs ai-edge-litert-sdk-qualcomm with exit 0 even when its build could not download QAIRT."""
+    monkeypatch.delenv(ENV_LIB_DIR, raising=False)
+    libs = _fake_sdk(tmp_path, with_libs=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        host = find_qnn_host()
+    except NpuSetupError as e:
+        assert str(libs) in str(e) and "onnxruntime-qnn==2.6.0" in str(e)
+    else:
+        assert host.source == "onnxruntime-qnn"
