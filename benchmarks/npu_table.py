@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from md_export.npu.check import check_npu_pack
+    from md_export.verify.floors import npu_floor
     from md_export.npu.compile import export_npu
 
     rows = []
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
             work = Path(tmp) / f"{len(rows)}_{b.parent.name}"
             shutil.copytree(b, work)
             placed = export_npu(work, f"qualcomm:{args.socs}", progress=lambda s: print(s, file=sys.stderr))
-            parity = {} if args.no_sim else {(p.model, p.soc): p for p in check_npu_pack(work, seed=args.seed)}
+            parity = {} if args.no_sim else {(p.model, p.soc): p for p in check_npu_pack(work, floor_of=npu_floor, seed=args.seed)}
             for r in placed:
                 p = parity.get((r.model, r.soc))
                 rows.append(

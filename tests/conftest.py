@@ -12,6 +12,7 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1764547200")  # reproducible exports (tests/bundle/test_reproducible.py)
 
 
 @pytest.fixture(scope="session")

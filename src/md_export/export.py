@@ -19,15 +19,20 @@ from md_export.compress.apply import compress
 from md_export.compress.chunk import chunk_in_bundle
 from md_export.compress.size import ideal_bytes
 from md_export.config.options import ExportOptions
+from md_export.config.recipe import shipped_recipes
 from md_export.config.resolve import validate_names, with_family_defaults
 from md_export.core.deps import package_version
 from md_export.core.errors import InputError
-from md_export.core.io import atomic_folder, path_bytes, path_sha256, utc_now
-from md_export.core.manifest import SCHEMA_VERSION, ChunkEntry, Manifest, ModelEntry, Pipeline, TensorEntry, build, write_manifest
+from md_export.core.io import atomic_folder, path_bytes, path_sha256, portable_path, utc_now
+from md_export.core.manifest import SCHEMA_VERSION, ChunkEntry, Manifest, ModelEntry, NpuEntry, Pipeline, TensorEntry, build, write_manifest
 from md_export.core.names import COMPONENTS
 from md_export.core.progress import Progress
 from md_export.lower.base import LoweredModel, Lowerer, LowerOptions, get_lowerer
+from md_export.npu.compile import export_npu
 from md_export.rewrites.registry import apply_rewrites, lowering_extra, lowering_scope, resolve
+
+
+NPU_PACK = "ai_pack"  # the AI Pack folder inside a TFLite bundle
 
 
 @dataclass
@@ -50,9 +55,9 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     with progress.stage("components", "load"):
         attach_modules(plan, ckpt)
     captures: dict[tuple[str, ...], tuple[dict, list[dict]]] = {}
-    source = _source(ckpt, options)
     results = []
     for target, lowerer in lowerers.items():
+        source = _source(ckpt, options, options.out / target)
         rewrites = resolve(target, options.rewrites.get(target))
         components, rewrite_records = _captured(plan, rewrites, target, captures, progress)
         with atomic_folder(options.out / target, options.force) as tmp:
@@ -67,6 +72,9 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
             write_scheduler(tmp, ckpt.scheduler_config)
             manifest = _manifest(target, lowerer, options, plan, ckpt, source, rewrite_records, models)
             write_manifest(tmp, manifest)
+            if target == "tflite" and options.npu:
+                manifest.npu = _compile_for_npu(tmp, options.npu, progress)
+                write_manifest(tmp, manifest)
         results.append(ExportResult(target, options.out / target, manifest.to_json()))
     return results
 
@@ -127,6 +135,19 @@ def _chunk(target: str, lowered: LoweredModel, comp: ComponentPlan, options: Exp
         return chunk_in_bundle(lowered.path, comp, options.chunk_limit_mb * 1_000_000, 2 if options.chunk_unet else 1)
 
 
+def _compile_for_npu(bundle: Path, specs: tuple[str, ...], progress: Progress) -> list[NpuEntry]:
+    """Each TFLite model compiled ahead of time for each SoC, in the AI Pack layout (bundle/ai_pack/);
+    a model the NPU rejects stays on the fallback with the reason recorded."""
+    with progress.stage("models", f"NPU compile ({', '.join(specs)})", "tflite"):
+        results = export_npu(bundle, list(specs), pack_name=NPU_PACK)
+    entries = []
+    for r in results:
+        data = {k: v for k, v in r.to_json().items() if k != "log"}
+        data["file"] = f"{NPU_PACK}/{r.file}" if r.file else None
+        entries.append(build(NpuEntry, data))
+    return entries
+
+
 def _wants_chunks(options: ExportOptions, package: Path) -> bool:
     if options.chunk_unet:
         return True
@@ -179,15 +200,29 @@ def model_entry(target: str, comp: ComponentPlan, lowered: LoweredModel, chunked
     )
 
 
-def _source(ckpt: Checkpoint, options: ExportOptions) -> dict:
-    return {
-        "path": ckpt.describe(),
-        "kind": ckpt.kind,
-        "components": {k: str(v) for k, v in ckpt.component_dirs().items()},
-        "weights_sha256": ckpt.weights_sha256(),
-        **source_extras(ckpt),
-        **({"recipe": options.recipe} if options.recipe else {}),
+def _source(ckpt: Checkpoint, options: ExportOptions, bundle: Path) -> dict:
+    """Where the bundle came from, with no absolute path of this machine: paths relative to the
+    bundle (None where they share no folder), the checkpoint's name, its weights' sha256."""
+    bundle = Path(bundle).absolute()
+    origin = ckpt.original or ckpt.source
+    located = {} if ckpt.kind == "default" else {
+        "path": portable_path(origin, bundle) if origin is not None else None,
+        "components": {k: portable_path(v, bundle) for k, v in ckpt.component_dirs().items()},
     }
+    recipe = Path(options.recipe) if options.recipe else None
+    return {
+        "name": origin.name if origin is not None and ckpt.kind != "default" else ckpt.kind,
+        "kind": ckpt.kind,
+        **located,
+        "weights_sha256": ckpt.weights_sha256(),
+        **source_extras(ckpt, bundle),
+        **({"recipe": recipe.name if recipe.parent == _shipped_recipes_dir() else portable_path(recipe, bundle) or recipe.name}
+           if recipe else {}),
+    }
+
+
+def _shipped_recipes_dir() -> Path:
+    return next(iter(shipped_recipes().values())).parent
 
 
 def _manifest(target: str, lowerer: Lowerer, options: ExportOptions, plan: ExportPlan, ckpt: Checkpoint, source: dict,

@@ -57,7 +57,7 @@ def test_family_recorded_by_init_wins_over_detection(tmp_path):
     assert checkpoint_family(Checkpoint.open(tmp_path / "m")) is None  # the default matches no family
     index.write_text(json.dumps({**json.loads(index.read_text()), "_md_export_family": "sd15"}))
     ck = Checkpoint.open(tmp_path / "m")
-    assert checkpoint_family(ck) == "sd15" and source_extras(ck) == {"family": "sd15"}
+    assert checkpoint_family(ck) == "sd15" and source_extras(ck, tmp_path) == {"family": "sd15"}
 
 
 def test_unknown_family_flag_lists_the_known(tmp_path):

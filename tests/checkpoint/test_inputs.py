@@ -215,7 +215,7 @@ def test_single_file_with_lora_exports_and_passes_parity(single_file, lora_files
     bundle = tmp_path / "out" / "onnx"
     m = json.loads((bundle / "manifest.json").read_text())
     src = m["source"]
-    assert src["kind"] == "single-file" and src["path"] == str(single_file) and src["family"] == "sd15"
+    assert src["kind"] == "single-file" and (bundle / src["path"]).resolve() == single_file.resolve() and src["family"] == "sd15"
     assert src["lora"][0]["scale"] == 0.8 and src["lora"][0]["modules"] == {"unet": len(UNET_LAYERS), "text_encoder": len(TEXT_LAYERS)}
     report = check_bundle(bundle, end_to_end=False, samples=1)
     assert report.summary()["status"] == "pass", report.summary()
@@ -358,6 +358,6 @@ def test_sd2_single_file_exports_and_passes_check(sd2_single_file, tmp_path):
     assert code == 0
     bundle = tmp_path / "out" / "onnx"
     src = json.loads((bundle / "manifest.json").read_text())["source"]
-    assert src["kind"] == "single-file" and src["path"] == str(sd2_single_file) and src["family"] == "sd21"
+    assert src["kind"] == "single-file" and (bundle / src["path"]).resolve() == sd2_single_file.resolve() and src["family"] == "sd21"
     report = check_bundle(bundle, end_to_end=False, samples=1)
     assert report.summary()["status"] == "pass", report.summary()

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from md_export.npu.check import check_compiled, check_npu_pack, psnr, run_reference
+from md_export.core.metrics import psnr
+from md_export.npu.check import check_compiled, check_npu_pack, run_reference
+from md_export.verify.floors import npu_floor
 from md_export.npu.compile import COMPILED, FALLBACK, compile_for_npu, export_npu
 from md_export.npu.simulate import read_dispatch, run_simulator, simulate
 
@@ -104,7 +106,7 @@ def test_export_npu_writes_the_pack_and_check_passes(qnn_host, tiny_bundle):
     ).read_bytes()
     doc = json.loads((pack / "npu.json").read_text())
     assert doc["models"]["tiny"]["targets"]["SM8750"]["sha256"] == placed[0].sha256
-    (parity,) = check_npu_pack(tiny_bundle)
+    (parity,) = check_npu_pack(tiny_bundle, floor_of=npu_floor)
     assert parity.model == "tiny" and parity.soc == "SM8750" and parity.floor == 45.0 and parity.passed
 
 
@@ -131,5 +133,5 @@ def test_default_model_fp32_compiles_fully_and_passes_the_simulator(qnn_host, tm
     placed = export_npu(bundle, "qualcomm:SM8750")
     assert {r.model for r in placed} == {"text_encoder", "unet", "vae_decoder"}
     assert all(r.status == COMPILED and r.ops_on_npu == r.ops_total for r in placed)
-    parity = check_npu_pack(bundle)
+    parity = check_npu_pack(bundle, floor_of=npu_floor)
     assert len(parity) == 3 and all(p.passed for p in parity), [p.to_json() for p in parity]

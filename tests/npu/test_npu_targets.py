@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from md_export.npu._errors import InputError, NpuSetupError, UnknownNameError
-from md_export.npu.check import floor_for, psnr, seeded_feeds
+from md_export.core.metrics import psnr
+from md_export.npu.check import seeded_feeds
+from md_export.verify.floors import npu_floor as floor_for
 from md_export.npu.compile import COMPILED, FALLBACK, NpuResult, failure_reason, targeting_xml, write_ai_pack
 from md_export.npu.qnn_host import ENV_LIB_DIR, LPAI, REQUIRED_LIBS, find_qnn_host, plugin_library_path
 from md_export.npu.simulate import DispatchModel, IoTensor, _coerce_feeds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from md_export.checkpoint.lora import lora_source_json
 from md_export.core.io import read_json
 from md_export.families.registry import all_families, detect_family, get_family
@@ -21,11 +23,12 @@ def checkpoint_family(ckpt) -> str | None:
     return detect_family(ckpt.unet_config, ckpt.text_encoder_config, ckpt.scheduler_config)
 
 
-def source_extras(ckpt) -> dict:
-    """What export records in manifest["source"] beyond paths and hashes: family, LoRA, single file."""
+def source_extras(ckpt, bundle: Path) -> dict:
+    """What export records in manifest["source"] beyond paths and hashes: family, LoRA, single file
+    (paths relative to the bundle, never absolute)."""
     out = {"family": ckpt.family}
     if ckpt.lora:
-        out["lora"] = lora_source_json(ckpt.lora)
+        out["lora"] = lora_source_json(ckpt.lora, bundle)
     if ckpt.original is not None:
-        out["single_file"] = {"converted_to": str(ckpt.unet_dir.parent)}
+        out["single_file"] = {"name": ckpt.original.name}
     return out

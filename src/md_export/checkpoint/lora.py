@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from md_export.core.errors import InputError
+from md_export.core.io import file_sha256, portable_path
 
 COMPONENT_PREFIXES = {
     "unet": ("lora_unet_", "unet."),
@@ -145,12 +146,12 @@ def fuse_loras(model: nn.Module, component: str, loras) -> nn.Module:
     return model
 
 
-def lora_source_json(loras) -> list[dict]:
-    from md_export.core.io import file_sha256
-
+def lora_source_json(loras, bundle: Path) -> list[dict]:
+    """What the manifest records of each LoRA: its file relative to the bundle (no absolute path;
+    None when it shares no folder with it), name, sha256, scale and the modules it changes."""
     out = []
     for path, scale in loras or ():
         parsed = parse_lora(path)
-        out.append({"file": str(Path(path).resolve()), "sha256": file_sha256(Path(path)), "scale": float(scale),
-                    "modules": {c: len(m) for c, m in parsed.items() if m}})
+        out.append({"file": portable_path(Path(path), bundle), "name": Path(path).name, "sha256": file_sha256(Path(path)),
+                    "scale": float(scale), "modules": {c: len(m) for c, m in parsed.items() if m}})
     return out

@@ -7,7 +7,9 @@ import importlib
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Optional
 import typer
 
 from md_export.core.errors import InputError, MdExportError
+from md_export.core.io import INTERRUPTED, Interrupted
 from md_export.cli.output import Output
 
 app = typer.Typer(
@@ -89,6 +92,9 @@ def _export_command(target_default: Optional[str]):
                  "checked against the whole; for iOS, which loads pieces under 1 GB.", rich_help_panel="Compression"),
         chunk_limit_mb: int = typer.Option(1000, "--chunk-limit-mb",
             help="Core ML: largest UNet piece in MB with --chunk-unet (or a recipe's chunk_over_mb).", rich_help_panel="Compression"),
+        npu: list[str] = typer.Option([], "--npu", rich_help_panel="Compression",
+            help="TFLite: also compile each model ahead of time for these NPUs, e.g. qualcomm:SM8650,SM8750 (needs md-export\\[npu]; "
+                 "see docs/npu.md). Writes the AI Pack layout in the bundle's ai_pack/."),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
         json_out: bool = JsonOpt,
@@ -96,6 +102,7 @@ def _export_command(target_default: Optional[str]):
     ):
         from md_export.checkpoint.folder import Checkpoint
         from md_export.config.options import ExportOptions, parse_targets
+        from md_export.core.io import portable_command
         from md_export.export import export
 
         output = Output(json_out, quiet)
@@ -115,13 +122,19 @@ def _export_command(target_default: Optional[str]):
             targets=chosen, out=out, height=height, width=width, unet_batch=unet_batch, with_encoder=with_encoder,
             precision={t: precision for t in chosen} if precision else {},
             minimum_deployment_target=minimum_deployment_target, compute_units=compute_units, force=force, steps=steps,
-            command=shlex.join(["md-export", *sys.argv[1:]]),
+            command=shlex.join(["md-export", *portable_command(sys.argv[1:])]),
             rewrites=rewrites_per_target(chosen, rewrite, no_default_rewrites, loaded),
             quantize=quantize_per_target(chosen, quantize, keep),
-            chunk_unet=chunk_unet, chunk_limit_mb=chunk_limit_mb,
+            chunk_unet=chunk_unet, chunk_limit_mb=chunk_limit_mb, npu=tuple(npu),
         )
         if chunk_unet and "coreml" not in chosen:
             raise InputError("--chunk-unet: splits the Core ML UNet only; add coreml to --targets (or use `md-export coreml`)")
+        if npu:
+            from md_export.npu.targets import parse_npu_targets
+
+            if "tflite" not in chosen:
+                raise InputError("--npu: compiles TFLite models only; add tflite to --targets (or use `md-export tflite`)")
+            parse_npu_targets(list(npu))  # unknown SoCs and vendors without an SDK here fail now, before any work
         if chunk_limit_mb < 1:
             raise InputError(f"--chunk-limit-mb {chunk_limit_mb}: give the largest piece size in MB (e.g. 1000)")
         if loaded is not None:
@@ -467,8 +480,14 @@ def _click_exceptions() -> tuple[tuple, tuple, tuple]:
     return tuple(found["Exit"]), tuple(found["Abort"]), tuple(found["ClickException"])
 
 
+def _terminate(signum, frame):
+    raise Interrupted()
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("MD_EXPORT_DEBUG", "") not in ("", "0")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # CI timeouts and `docker stop`: clean up as for Ctrl-C
     if not debug:
         _quiet_third_party()
     exit_types, abort_types, usage_types = _click_exceptions()
@@ -488,9 +507,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"md-export: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("md-export: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as e:
+        code = 143 if isinstance(e, Interrupted) else 130
+        cleaned = ", ".join(str(t) for t in INTERRUPTED)
+        print(f"md-export: interrupted; nothing written to {cleaned}" if cleaned else "md-export: interrupted", file=sys.stderr)
+        return code
     except Exception as e:  # a bug or an unexpected library failure: still one line, traceback on demand
         if debug:
             traceback.print_exc()

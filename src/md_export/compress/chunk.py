@@ -22,6 +22,7 @@ from md_export.core.errors import ConversionError
 from md_export.core.io import path_bytes, path_sha256
 from md_export.core.metrics import compare
 from md_export.milrun import MilEvaluator
+from md_export.lower.coreml_package import normalize_mlpackage
 from md_export.runtime.chain import chain
 
 CHUNK_LIMIT_MB = 1000
@@ -58,6 +59,7 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(p, dest)
+        normalize_mlpackage(dest)
         out.append(dest)
     shutil.rmtree(work, ignore_errors=True)
     return out

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from md_export.core.errors import ConversionError, InputError
+from md_export.lower.coreml_package import normalize_mlpackage
 
 # ops whose constant weight inputs are compressed; embeddings (gather) only where the level allows
 WEIGHT_OP_TYPES = ("conv", "conv_transpose", "linear", "matmul")
@@ -33,6 +34,7 @@ def save_over(model, path: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save(str(tmp))
+    normalize_mlpackage(tmp)
     shutil.rmtree(path)
     tmp.rename(path)
 

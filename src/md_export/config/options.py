@@ -35,6 +35,7 @@ class ExportOptions:
     chunk_unet: bool = False  # Core ML: split the UNet (at least in two), each piece under chunk_limit_mb
     chunk_over_mb: int | None = None  # Core ML: split the UNet only when its package is larger (recipes)
     chunk_limit_mb: int = CHUNK_LIMIT_MB
+    npu: tuple[str, ...] = ()  # TFLite: "qualcomm:SM8650,SM8750" specs to compile for ahead of time (md_export.npu)
     command: str = ""
 
 

@@ -87,29 +87,142 @@ def path_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def normal_permissions(root: Path) -> None:
+    """Folders 0777 and files 0666 less the umask, as `mkdir` and `open` give: mkdtemp's 0700 and the
+    0600 files some libraries write through mkstemp would make a bundle unreadable to other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+        for f in files:
+            p = os.path.join(folder, f)
+            if not os.path.islink(p):
+                os.chmod(p, (0o777 if os.stat(p).st_mode & 0o100 else 0o666) & ~mask)
+
+
 def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """Now, or SOURCE_DATE_EPOCH when set (the reproducible-builds convention), as ISO 8601 UTC."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            when = datetime.fromtimestamp(int(epoch), timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise InputError(f"SOURCE_DATE_EPOCH={epoch!r}: expected seconds since 1970 (an integer)") from None
+    else:
+        when = datetime.now(timezone.utc)
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def portable_path(path: Path, base: Path) -> str | None:
+    """`path` relative to the folder `base` (e.g. a checkpoint seen from its bundle), or None when
+    the two share no folder but the filesystem root: a bundle records no absolute path."""
+    a, b = Path(path).resolve(), Path(base).resolve()
+    common = Path(os.path.commonpath([a, b]))
+    if common == Path(common.anchor):
+        return None
+    return Path(os.path.relpath(a, b)).as_posix()
+
+
+def portable_command(argv: list[str]) -> list[str]:
+    """A command line with no absolute path: a path under the working folder becomes relative to
+    it, any other absolute path its last component."""
+    cwd = Path.cwd()
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        if os.path.isabs(value):
+            p = Path(value)
+            value = os.path.relpath(p, cwd) if cwd == p or cwd in p.parents else p.name
+        out.append(f"{flag}{eq}{value}")
+    return out
+
+
+class Interrupted(BaseException):
+    """SIGTERM, turned into an exception so every staging folder is cleaned up on the way out."""
+
+
+# targets whose staging folder was removed because the run was interrupted (for the CLI's message)
+INTERRUPTED: list[Path] = []
 
 
 @contextmanager
 def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to `target`; on success it replaces `target`."""
+    """Yield a fresh temporary folder next to `target`; on success it replaces `target`. A lock
+    file beside it keeps a second md-export from writing the same target at the same time."""
     target = Path(target)
     if target.exists() and not force:
         raise InputError(f"{target}: already exists; pass --force to replace it")
     if target.exists() and not target.is_dir():
         raise InputError(f"{target}: exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    with _locked(target):
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        except OSError as e:
+            raise InputError(f"{target}: cannot write here ({e.strerror}); choose another -o") from None
+        try:
+            yield tmp
+            normal_permissions(tmp)
+            if target.exists() and not force:  # made while this export ran
+                raise InputError(f"{target}: appeared while exporting; pass --force to replace it")
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, (KeyboardInterrupt, Interrupted)):
+                INTERRUPTED.append(target)
+            raise
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    lock = target.parent / f".{target.name}.lock"
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{target}: cannot write here ({e.strerror or e}); choose another -o") from None
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise InputError(f"{target}: another md-export (pid {holder}) is writing it; wait for it to finish, "
+                                 f"or remove {lock} if that process is gone") from None
+            with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
+                os.unlink(lock)
+        except OSError as e:
+            raise InputError(f"{target}: cannot write here ({e.strerror}); choose another -o") from None
+    else:
+        raise InputError(f"{lock}: cannot take the lock; remove it if no md-export is running")
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The pid in a lock file if that process still runs, else None."""
+    try:
+        pid = int(lock.read_text().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

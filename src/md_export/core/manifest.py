@@ -102,6 +102,22 @@ class Pipeline:
 
 
 @dataclass
+class NpuEntry:
+    model: str
+    soc: str
+    status: str  # compiled | partial | fallback
+    ops_on_npu: int
+    ops_total: int
+    file: Optional[str] = None  # None: the model stays on the uncompiled fallback for this SoC
+    sha256: Optional[str] = None
+    bytes: Optional[int] = None
+    partitions: int = 0
+    qnn_version: Optional[str] = None
+    reason: Optional[str] = None
+    seconds: float = 0.0
+
+
+@dataclass
 class Manifest:
     schema_version: int
     target: str
@@ -116,6 +132,8 @@ class Manifest:
     rewrites: list[dict[str, Any]] = field(default_factory=list)
     parity: dict[str, Any] = field(default_factory=lambda: {"status": "not-run"})
     parity_floors: dict[str, float] = field(default_factory=dict)
+    # TFLite with --npu: one entry per model and SoC (file relative to the bundle, sha256, ops on the NPU, ...)
+    npu: list[NpuEntry] = field(default_factory=list, metadata=_omit_empty())
 
     def to_json(self) -> dict:
         return _to_json(self)
@@ -127,7 +145,7 @@ class Manifest:
 
 # Field order of the written file: what a person reading it wants first.
 _ORDER = ("schema_version", "target", "created", "md_export_version", "versions", "command", "options", "source",
-          "pipeline", "rewrites", "models", "parity", "parity_floors")
+          "pipeline", "rewrites", "models", "npu", "parity", "parity_floors")
 _MODEL_ORDER = ("file", "format", "signature", "inputs", "outputs", "precision", "compression", "parameters", "sha256",
                 "bytes", "ideal_bytes", "size", "notes", "chunks", "chunk_check")
 _PIPELINE_ORDER = ("image_height", "image_width", "latent_channels", "latent_height", "latent_width", "vae_scaling_factor",
@@ -279,6 +297,9 @@ def load_manifest(bundle: Path) -> Manifest:
         for file in files:
             if not inside_bundle(bundle, file, f"model file for '{name}'").exists():
                 raise InputError(f"{bundle / file}: model file for '{name}' named in the manifest is missing")
+    for entry in manifest.npu:
+        if entry.file is not None and not inside_bundle(bundle, entry.file, f"NPU model for '{entry.model}' on {entry.soc}").exists():
+            raise InputError(f"{bundle / entry.file}: NPU model for '{entry.model}' on {entry.soc} named in the manifest is missing")
     tokenizer = manifest.pipeline.tokenizer
     for rel in (tokenizer.vocab, tokenizer.merges, "tokenizer", "scheduler.json"):
         if rel in (tokenizer.vocab, tokenizer.merges) or (bundle / rel).exists() or (bundle / rel).is_symlink():

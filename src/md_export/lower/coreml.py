@@ -15,6 +15,7 @@ from md_export.core.deps import package_version, require
 from md_export.core.errors import ConversionError, InputError, first_line
 from md_export.core.names import COMPUTE_UNITS, DEPLOYMENT_TARGETS
 from md_export.lower.base import LoweredModel, LowerOptions
+from md_export.lower.coreml_package import normalize_mlpackage
 
 _NP = {"float32": np.float32, "int32": np.int32, "float16": np.float16}
 
@@ -55,6 +56,7 @@ class CoreMLLowerer:
                 skip_model_load=True,
             )
             model.save(str(path))
+            normalize_mlpackage(path)
         except Exception as e:
             raise ConversionError(_explain(component.name, ep, e)) from e
         return LoweredModel(component.name, path, options.precision)

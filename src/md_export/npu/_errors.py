@@ -1,8 +1,8 @@
-"""The one place this package imports md-export's error classes (they move to md_export.core.errors in #10)."""
+"""The NPU step's own error classes, beside the ones it shares with the rest of md-export."""
 
 from __future__ import annotations
 
-from md_export.errors import ConversionError, InputError, MdExportError, ParityError, UnknownNameError
+from md_export.core.errors import ConversionError, InputError, MdExportError, ParityError, UnknownNameError
 
 
 class NpuSetupError(MdExportError):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from md_export.core.manifest import inside_bundle
+from md_export.core.metrics import psnr
 from md_export.npu._errors import InputError
 from md_export.npu.compile import COMPILED, read_npu_json
 from md_export.npu.simulate import IoTensor, read_dispatch, run_simulator
@@ -21,8 +23,6 @@ from md_export.npu.simulate import IoTensor, read_dispatch, run_simulator
 # PSNR floors (dB) for the simulator vs the uncompiled CPU model, by the model's precision/compression label.
 # The HTP computes fp32 models in fp16. Measured on the default tiny model (benchmarks/npu in the report):
 # fp32/fp16 >= 55 dB, w8a8 >= 30 dB; the floors leave a margin under the worst model.
-PSNR_FLOORS: dict[str, float] = {"fp32": 45.0, "fp16": 45.0, "w8a8": 25.0}
-DEFAULT_FLOOR = 25.0
 
 
 @dataclasses.dataclass
@@ -46,19 +46,6 @@ class NpuParity:
                 d[k] = "inf"
         d["per_output"] = {k: ("inf" if math.isinf(v) else v) for k, v in d["per_output"].items()}
         return d
-
-
-def psnr(ref: np.ndarray, got: np.ndarray) -> float:
-    """20*log10(max|ref| / RMSE) in dB; inf when identical."""
-    ref = np.asarray(ref, np.float64)
-    got = np.asarray(got, np.float64)
-    rmse = float(np.sqrt(np.mean((ref - got) ** 2)))
-    peak = float(np.max(np.abs(ref))) if ref.size else 0.0
-    if rmse == 0.0:
-        return math.inf
-    if peak == 0.0:
-        return -math.inf
-    return 20.0 * math.log10(peak / rmse)
 
 
 def seeded_feeds(inputs: Sequence[IoTensor], seed: int = 0) -> dict[str, np.ndarray]:
@@ -134,18 +121,11 @@ def check_compiled(
     )
 
 
-def floor_for(precision: str | None, compression: str | None, floors: Mapping[str, float] = PSNR_FLOORS) -> float:
-    for key in (compression, precision):
-        if key and key in floors:
-            return floors[key]
-    return DEFAULT_FLOOR
-
-
 def check_npu_pack(
     bundle_dir: str | Path,
     *,
     pack_name: str = "ai_pack",
-    floors: Mapping[str, float] = PSNR_FLOORS,
+    floor_of: Callable[[str | None, str | None], float],
     seed: int = 0,
     models: Sequence[str] | None = None,
     python=None,
@@ -159,12 +139,13 @@ def check_npu_pack(
     for name, entry in doc["models"].items():
         if models and name not in models:
             continue
-        fallback = bundle / entry["fallback"]
-        fl = floor_for(entry.get("precision"), entry.get("compression"), floors)
+        fallback = inside_bundle(bundle, entry["fallback"], f"NPU fallback for '{name}'")
+        fl = floor_of(entry.get("precision"), entry.get("compression"))
         for soc, r in entry["targets"].items():
             if r["status"] != COMPILED or not r.get("file"):
                 continue
             if progress:
                 progress(f"HTP simulator: {name} for {soc}")
-            out.append(check_compiled(fallback, pack / r["file"], model=name, seed=seed, floor=fl, python=python))
+            compiled = inside_bundle(bundle, f"{pack_name}/{r['file']}", f"NPU model for '{name}' on {soc}")
+            out.append(check_compiled(fallback, compiled, model=name, seed=seed, floor=fl, python=python))
     return out

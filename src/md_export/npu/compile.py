@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from md_export.core.manifest import read_manifest
 from md_export.npu._errors import InputError, NpuSetupError
 from md_export.npu.qnn_host import QnnHost, find_qnn_host, plugin_library_path
 from md_export.npu.targets import QUALCOMM, NpuTarget, parse_npu_targets
@@ -346,19 +347,16 @@ def read_npu_json(pack_dir: str | Path) -> dict:
 
 
 def bundle_tflite_models(bundle_dir: str | Path) -> dict[str, tuple[Path, dict]]:
-    """ADAPTER (rewire to md-export's bundle reader): model name -> (its .tflite, manifest fields) in a tflite bundle."""
+    """Model name -> (its .tflite, manifest fields) in a tflite bundle, read through the validating reader."""
     bundle = Path(bundle_dir)
-    manifest = bundle / "manifest.json"
-    if not manifest.is_file():
-        raise InputError(f"{bundle}: no manifest.json; is this an md-export tflite bundle?")
-    models = json.loads(manifest.read_text()).get("models", {})
+    models = read_manifest(bundle)["models"]
     out = {}
     for name, entry in models.items():
         path = bundle / entry.get("file", "")
         if path.suffix == ".tflite" and path.is_file():
             out[name] = (path, {k: entry[k] for k in ("precision", "compression") if k in entry})
     if not out:
-        raise InputError(f"{manifest}: lists no .tflite model")
+        raise InputError(f"{bundle / 'manifest.json'}: lists no .tflite model")
     return out
 
 

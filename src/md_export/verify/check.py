@@ -3,6 +3,7 @@ ones, and compare with the fp32 PyTorch reference built from the checkpoint the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +22,37 @@ from md_export.pipeline.tokenizer import ClipTokenizer
 from md_export.runtime.coreml import can_run_natively
 from md_export.runtime.open import RUNTIME_NAMES, open_model
 from md_export.verify.end_to_end import check_end_to_end
-from md_export.verify.floors import floor_for
+from md_export.npu._errors import NpuSetupError
+from md_export.npu.check import check_npu_pack
+from md_export.verify.floors import floor_for, npu_floor
 from md_export.verify.integrity import verify_files
 from md_export.verify.report import FAIL, NOT_RUN, PASS, Check, ParityReport
 
 
 
-def reference_checkpoint(manifest: dict, override: Path | None) -> Checkpoint:
-    """The checkpoint the bundle was exported from (or --checkpoint), verified by weight hashes."""
+def reference_checkpoint(manifest: dict, override: Path | None, bundle: Path) -> Checkpoint:
+    """The checkpoint the bundle was exported from (or --checkpoint), verified by weight hashes.
+    The manifest records where it was relative to the bundle (never an absolute path); a bundle
+    moved away from its checkpoint needs --checkpoint."""
     source = manifest.get("source", {})
-    lora = tuple((e["file"], e["scale"]) for e in source.get("lora") or ())
+    lora = tuple((_from_bundle(bundle, e.get("file") or e.get("name", "")), e["scale"]) for e in source.get("lora") or ())
     if override is not None:
         ckpt = Checkpoint.open(override, lora=lora)
     elif source.get("kind") == "default":
         ckpt = Checkpoint.open(None)
     elif source.get("kind") == "component-folders":
-        ckpt = Checkpoint.open(None, **{k: Path(v) for k, v in source.get("components", {}).items()})
+        comps = source.get("components", {})
+        missing = [k for k, v in comps.items() if v is None or not _from_bundle(bundle, v).is_dir()]
+        if missing:
+            raise InputError(f"reference checkpoint: the {missing[0]} folder recorded in the manifest is not here; pass --checkpoint DIR")
+        ckpt = Checkpoint.open(None, **{k: _from_bundle(bundle, v) for k, v in comps.items()})
     else:
-        path = Path(source.get("path", ""))
-        if not (path.is_dir() or (source.get("kind") == "single-file" and path.is_file())):
-            raise InputError(f"reference checkpoint {path} (from the manifest) is not here; pass --checkpoint DIR")
+        rel = source.get("path")
+        path = _from_bundle(bundle, rel) if rel else None
+        if path is None or not (path.is_dir() or (source.get("kind") == "single-file" and path.is_file())):
+            name = source.get("name") or rel or "?"
+            where = f"at {path}" if path is not None else "recorded relative to the bundle"
+            raise InputError(f"reference checkpoint '{name}' (from the manifest) is not {where}; pass --checkpoint DIR")
         ckpt = Checkpoint.open(path, family=source.get("family") if source.get("kind") == "single-file" else None, lora=lora)
     expected = source.get("weights_sha256") or {}
     if expected:
@@ -52,6 +64,11 @@ def reference_checkpoint(manifest: dict, override: Path | None) -> Checkpoint:
                     "pass --checkpoint with the checkpoint this bundle came from"
                 )
     return ckpt
+
+
+def _from_bundle(bundle: Path, rel: str) -> Path:
+    """A path the manifest records relative to the bundle (older manifests: absolute)."""
+    return Path(os.path.normpath(Path(bundle).absolute() / rel))
 
 
 class InputFactory:
@@ -130,14 +147,15 @@ def check_bundle(
     with progress.stage("bundle", "verify sha256" if verify else "verify (skipped)", target):
         integrity = {"status": "skipped", "reason": "--no-verify"} if not verify else _integrity(bundle, manifest)
     opts = manifest.get("options", {})
-    ckpt = reference_checkpoint(manifest, checkpoint)
+    ckpt = reference_checkpoint(manifest, checkpoint, bundle)
     plan = make_plan(ckpt, height=opts.get("height"), width=opts.get("width"), unet_batch=opts.get("unet_batch"),
                      with_encoder=bool(opts.get("with_encoder")))
     with progress.stage("reference", "load", target):
         attach_modules(plan, ckpt)
     factory = InputFactory(bundle, manifest, plan, seed, samples)
     report = ParityReport(bundle, target, samples, seed,
-                          {"path": ckpt.describe(), "kind": ckpt.kind, "weights_match": True}, allow_skip=allow_skip,
+                          {"name": manifest.get("source", {}).get("name") or ckpt.kind, "kind": ckpt.kind, "weights_match": True},
+                          allow_skip=allow_skip,
                           integrity=integrity)
     engines = [None] + (["coreml"] if target == "coreml" and can_run_natively() else [])
     for name, entry in manifest["models"].items():
@@ -152,11 +170,31 @@ def check_bundle(
             with progress.stage(name, f"parity ({runtime})", target):
                 report.checks.append(_check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine,
                                                   precision, floor, samples))
+    if target == "tflite" and any(e.get("file") for e in manifest.get("npu", [])):
+        with progress.stage("models", "NPU parity (HTP simulator)", target):
+            report.checks += check_npu_models(bundle, manifest, seed)
     if end_to_end:
         with progress.stage("pipeline", f"end to end ({e2e_steps} steps)", target):
             report.checks.append(check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors, e2e_steps, seed, report))
     save_report(bundle, manifest, report)
     return report
+
+
+def check_npu_models(bundle: Path, manifest: dict, seed: int) -> list[Check]:
+    """Every model compiled for an NPU, run in the QNN HTP simulator against the same uncompiled
+    .tflite on the CPU (the compiled graph's own numbers). Without the QNN host libraries the checks
+    are not run, and say so."""
+    precision = {n: e.get("precision", "fp32") for n, e in manifest["models"].items()}
+    compiled = [e for e in manifest["npu"] if e.get("file") and e.get("status") == "compiled"]
+    try:
+        results = check_npu_pack(bundle, floor_of=npu_floor, seed=seed)
+    except NpuSetupError as missing:
+        return [Check(c["model"], "all outputs", f"qnn-htp-simulator {c['soc']}", precision.get(c["model"], "fp32"), NOT_RUN,
+                      npu_floor(precision.get(c["model"]), None), reason=f"HTP simulator not available: {missing}") for c in compiled]
+    return [Check(r.model, "all outputs", f"qnn-htp-simulator {r.soc}", precision.get(r.model, "fp32"),
+                  PASS if r.passed else FAIL, float(r.floor), metrics={"psnr": r.psnr, "max_abs": r.max_abs}, samples=1,
+                  reason="vs the uncompiled .tflite on the CPU")
+            for r in results]
 
 
 def _integrity(bundle: Path, manifest: dict) -> dict:

@@ -11,8 +11,11 @@ from md_export.core.io import path_bytes, path_sha256
 def verify_files(bundle: Path, manifest: dict) -> list[str]:
     """One line per file whose size or sha256 differs from the manifest's (empty: all match)."""
     problems = []
-    for name, entry in manifest["models"].items():
-        pieces = entry.get("chunks") or [entry]
+    pieces_of = {name: entry.get("chunks") or [entry] for name, entry in manifest["models"].items()}
+    for npu in manifest.get("npu", []):
+        if npu.get("file"):
+            pieces_of.setdefault(f"{npu['model']} on {npu['soc']}", []).append(npu)
+    for name, pieces in pieces_of.items():
         for piece in pieces:
             rel = piece["file"]
             path = Path(bundle) / rel

@@ -72,7 +72,7 @@ class ParityReport:
     def to_json(self) -> dict:
         return {
             "schema_version": REPORT_SCHEMA_VERSION,
-            "bundle": str(self.bundle),
+            "bundle": Path(self.bundle).name,  # no absolute path goes into a bundle
             "target": self.target,
             "status": self.status,
             "samples": self.samples,
@@ -85,14 +85,14 @@ class ParityReport:
 
     def summary(self) -> dict:
         psnr = {f"{c.model}@{c.runtime}": _finite(round(c.metrics["psnr"], 2)) for c in self.checks if "psnr" in c.metrics}
-        return {"bundle": str(self.bundle), "target": self.target, "status": self.status, "report": "parity.json",
+        return {"bundle": Path(self.bundle).name, "target": self.target, "status": self.status, "report": "parity.json",
                 "integrity": self.integrity["status"], "psnr": psnr, "not_run": [c.model for c in self.checks if c.status == NOT_RUN]}
 
     def markdown(self) -> str:
         lines = [
             f"# Parity: {self.target} bundle `{self.bundle}`",
             "",
-            f"Status: **{self.status}** ({self.samples} samples, seed {self.seed}; reference: {self.reference.get('path')})",
+            f"Status: **{self.status}** ({self.samples} samples, seed {self.seed}; reference: {self.reference.get('name')})",
             "",
             f"Integrity (model files against the manifest's sha256 and bytes): **{self.integrity['status']}**"
             + "".join(f"\n- {p}" for p in self.integrity.get("files", [])),
