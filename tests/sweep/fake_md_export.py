@@ -3,7 +3,8 @@ sweep runner's mechanics (staging, skipping, failures, kills) are tested in seco
 CLI is exercised by test_sweep_ray.py.
 
 Knobs (environment): FAKE_FAIL=<level> exits 2 with a one-line error for that level;
-FAKE_HANG=<level> writes its pid to $FAKE_PIDFILE and sleeps; FAKE_BELOW=<level> makes its check
+FAKE_HANG=<level> writes its pid to $FAKE_PIDFILE and sleeps (FAKE_HANG_ONCE: only while there
+is no pid file yet); FAKE_BELOW=<level> makes its check
 fall short (exit 1); FAKE_RSS_MB=<n> touches n MB before exporting.
 """
 
@@ -24,7 +25,8 @@ def export(argv):
     if os.environ.get("FAKE_FAIL") == level:
         print("md-export: error: --quantize " + level + ": forced failure", file=sys.stderr)
         return 2
-    if os.environ.get("FAKE_HANG") == level:
+    once = Path(os.environ.get("FAKE_PIDFILE", "-")).exists() and os.environ.get("FAKE_HANG_ONCE") == level
+    if os.environ.get("FAKE_HANG") == level or (os.environ.get("FAKE_HANG_ONCE") == level and not once):
         Path(os.environ["FAKE_PIDFILE"]).write_text(str(os.getpid()))
         time.sleep(120)
     if os.environ.get("FAKE_RSS_MB"):

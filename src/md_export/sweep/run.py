@@ -192,6 +192,9 @@ def run_cell(task: CellTask) -> dict:
     record: dict = {"schema_version": CELL_SCHEMA, "name": cell.name, "label": cell.label, "hash": cell.hash,
                     "key": cell.key, "cell": cell.to_json(), "host": socket.gethostname(), "pid": os.getpid(),
                     "started": _utc(started), "bundle": cell.target}
+    node = _ray_node()
+    if node:
+        record["ray_node"] = node
     (staging / "owner.json").write_text(json.dumps({"hash": cell.hash, "host": record["host"], "pid": os.getpid()}) + "\n")
     try:
         _run_cell_in(task, staging, final, record)
@@ -248,6 +251,15 @@ def _run_cell_in(task: CellTask, staging: Path, final: Path, record: dict) -> No
         record["eval"] = {"status": "not available", "reason": "md-export has no eval command yet (prompt accuracy)"}
     record.update(status=status, exit_code=0, error=None)
     record.pop("stage", None)
+
+
+def _ray_node() -> str | None:
+    """The Ray node id when this runs as a Ray task (None in serial mode)."""
+    ray = sys.modules.get("ray")
+    try:
+        return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - informational only
+        return None
 
 
 def _bundle_summary(bundle: Path) -> dict:
