@@ -83,12 +83,40 @@ def check_command(cell: C.Cell, bundle: Path, report: Path, cli: list[str]) -> l
 
 # -- child processes ------------------------------------------------------------------------------
 
-# Linux: the child gets SIGKILL when its parent (the worker) dies, so a lost worker leaves no
-# export running on into a staging folder; then it becomes the command.
-_LAUNCHER = ("import ctypes, os, sys\n"
-             "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, 9)\nexcept Exception:\n    pass\n"
-             "if os.getppid() != int(sys.argv[1]):\n    sys.exit(137)\n"
-             "os.execvp(sys.argv[2], sys.argv[2:])\n")
+# The child runs under a small launcher: it forks the command and waits for it with os.wait4, so the
+# peak RSS it reports is the command's own (a child forked straight from this process would count
+# this process's resident pages too: the kernel keeps the pre-exec memory's high-water mark). Both
+# get SIGKILL when their parent dies (Linux PR_SET_PDEATHSIG): a lost worker leaves no export
+# running on into a staging folder.
+_LAUNCHER = """
+import ctypes, json, os, sys
+def deathsig():
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)
+    except Exception:
+        pass
+parent, report, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+deathsig()
+if os.getppid() != parent:
+    sys.exit(137)
+me = os.getpid()
+pid = os.fork()
+if pid == 0:
+    deathsig()
+    if os.getppid() != me:
+        os._exit(137)
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:
+        sys.stderr.write("md-export sweep: cannot start " + cmd[0] + ": " + str(e) + "\\n")
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    json.dump({"status": status, "maxrss": usage.ru_maxrss}, f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 
 
 @dataclass
@@ -105,9 +133,11 @@ class ChildResult:
 
 
 def run_child(cmd: list[str], stdout: Path, stderr: Path, env: dict, timeout_s: float | None = None) -> ChildResult:
-    """Run cmd with stdout and stderr to files; wall time and the child's own peak RSS (os.wait4's
-    rusage: the child and the descendants it waited for)."""
-    full = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd] if sys.platform.startswith("linux") else cmd
+    """Run cmd with stdout and stderr to files, in a session of its own; its wall time, exit code
+    (negative: killed by that signal) and peak RSS (the launcher's os.wait4 rusage of the command)."""
+    report = stderr.with_name(stderr.name + ".rusage.json")
+    report.unlink(missing_ok=True)
+    full = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), str(report), *cmd]
     t0 = time.monotonic()
     with open(stdout, "wb") as so, open(stderr, "wb") as se:
         try:
@@ -117,7 +147,7 @@ def run_child(cmd: list[str], stdout: Path, stderr: Path, env: dict, timeout_s: 
         timed_out = False
         try:
             while True:
-                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+                pid, status = os.waitpid(p.pid, os.WNOHANG)
                 if pid:
                     break
                 if timeout_s and time.monotonic() - t0 > timeout_s and not timed_out:
@@ -130,10 +160,16 @@ def run_child(cmd: list[str], stdout: Path, stderr: Path, env: dict, timeout_s: 
                 os.waitpid(p.pid, 0)
             p.returncode = -9
             raise
-    code = os.waitstatus_to_exitcode(status)
-    p.returncode = code
-    rss = int(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB; macOS: bytes
-    return ChildResult(code, time.monotonic() - t0, rss, timed_out=timed_out)
+    wall = time.monotonic() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    rss = None
+    try:  # the command's own status and rusage, from the launcher
+        got = json.loads(report.read_text())
+        status, rss = int(got["status"]), int(got["maxrss"]) * RSS_UNIT
+        report.unlink()
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # the launcher itself was killed (timeout, interrupt): its own status says how
+    return ChildResult(os.waitstatus_to_exitcode(status), wall, rss, timed_out=timed_out)
 
 
 def _kill_group(pid: int) -> None:
@@ -199,7 +235,8 @@ def run_cell(task: CellTask) -> dict:
     try:
         _run_cell_in(task, staging, final, record)
     except Exception as e:  # noqa: BLE001 - a bug in the runner itself: the cell fails, the sweep goes on
-        record.update(status="failed", stage=record.get("stage", "runner"), exit_code=4,
+        # no exit code: not one of md-export's reproducible failures, so the next sweep runs it again
+        record.update(status="failed", stage=record.get("stage", "runner"), exit_code=None,
                       error=f"sweep runner: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:ERROR_CHARS])
     record["finished"] = _utc(time.time())
     record["wall_s"] = round(time.time() - started, 3)
@@ -440,10 +477,10 @@ def run_sweep(spec: SweepSpec, out: Path, ray: str | None = None, *, num_cpus: i
             say(f"skip {cells[i].label}: {r['status']} with the same hash {cells[i].hash[:12]} in {C.CELLS_DIR}/{cells[i].name}"
                 + (" (--retry-failed runs it again)" if r["status"] == "failed" else ""))
         mode = choose_backend(backend, address) if todo else "none"
-        threads = 1 if mode == "ray" else num_cpus
-        if mode == "ray":
-            threads = max(1, round(spec.resources.cpus_per_cell))
-        elif todo and backend == "auto" and address is None:
+        # every cell computes with the same thread count on Ray and serially: torch's CPU kernels do
+        # not give bit-identical results across thread counts, and the count is part of the hash
+        threads = C.threads_for(spec.resources)
+        if mode != "ray" and todo and backend == "auto" and address is None:
             say(f"Ray is not installed: running {len(todo)} cell(s) one at a time ({RAY_HINT} runs them in parallel)")
         tasks = [CellTask(cells[i], str(out), threads, tuple(cli)) for i in todo]
         say(f"{len(cells)} cells: {len(records)} skipped, {len(todo)} to run"
