@@ -7,6 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -c constraints/ci.txt "torch==2.13.0"
-.venv/bin/python -m pip install -q -c constraints/ci.txt -e ".[all,dev,npu]"
+.venv/bin/python -m pip install -q -c constraints/ci.txt -e ".[all,dev,npu,ray]"
 .venv/bin/md-export env
 echo "md-export is ready: .venv/bin/md-export"

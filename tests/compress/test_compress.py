@@ -98,7 +98,7 @@ def test_floors_follow_compression():
 
 
 def test_cli_quantize_and_keep():
-    from md_export.cli.app import _quantize_per_target
+    from md_export.config.options import quantize_per_target as _quantize_per_target
 
     q = _quantize_per_target(("coreml",), ["palettize-6"], ["vae_decoder=fp16"])
     assert q == {"coreml": "palettize-6", "coreml:vae_decoder": "fp16"}
@@ -175,7 +175,7 @@ def test_coreml_palettize_stores_luts_and_shrinks(lowered, plan, tmp_path):
 def test_tflite_large_tensor_path(monkeypatch, lowered, plan, tmp_path):
     """Tensors over AEQ's limit are left out of its recipe and quantized by md-export: lower the
     limit so the decoder's convs take that path, then check they are int8, named, and accurate."""
-    from md_export.compress.apply import tflite as T
+    from md_export.compress import tflite as T
 
     monkeypatch.setattr(T, "AEQ_LIMIT_BYTES", 4096)
     lm, psnr = run_level("tflite", "int8", lowered, plan, tmp_path)
@@ -235,7 +235,7 @@ def test_onnx_fp16_overflow_guard_keeps_hot_blocks_fp32(monkeypatch, lowered, pl
     so some decoder layers count as hot, and check they stay fp32 and parity holds."""
     import onnx
 
-    from md_export.compress.apply import onnx as O
+    from md_export.compress import onnx as O
 
     monkeypatch.setattr(O, "FP16_SAFE", 3.0)
     lm, psnr = run_level("onnx", "fp16", lowered, plan, tmp_path)

@@ -152,7 +152,7 @@ def test_command_line_overrides_recipe(tmp_path):
     assert (o.height, o.width) == (256, 256)  # given on the command line
     assert o.targets == ("coreml", "onnx")  # --targets not given: the recipe's
     assert o.precision["coreml"] == "fp16"
-    assert o.rewrites["coreml"] == ["attention=split-einsum"] and o.rewrites["onnx"] == ["text-causal-mask"]
+    assert list(o.rewrites["coreml"]) == ["attention=split-einsum"] and list(o.rewrites["onnx"]) == ["text-causal-mask"]
     assert o.quantize == {"coreml": "palettize-6", "coreml:vae_decoder": "none"}
     assert o.thresholds == {"coreml": {"unet": 33.0}} and o.recipe == str(r.path)
     o2 = apply_recipe(r, ExportOptions(targets=("onnx",), precision={"coreml": "fp32"}, quantize={"coreml": "none"}),
@@ -160,7 +160,7 @@ def test_command_line_overrides_recipe(tmp_path):
     assert o2.targets == ("onnx",) and o2.quantize == {"coreml": "none"} and o2.precision == {"coreml": "fp32"}
     o3 = apply_recipe(r, ExportOptions(targets=("coreml",), rewrites={"coreml": ["linear-to-conv"]}), given={"rewrite"},
                       targets_fixed=True)
-    assert o3.targets == ("coreml",) and o3.rewrites["coreml"] == ["attention=split-einsum", "linear-to-conv"]
+    assert o3.targets == ("coreml",) and list(o3.rewrites["coreml"]) == ["attention=split-einsum", "linear-to-conv"]
     o4 = apply_recipe(r, ExportOptions(targets=("coreml",)), given=set())
     assert apply_recipe(r, o4, given=set()).height == 512
 

@@ -187,7 +187,7 @@ def test_linear_to_conv_reshapes_weights_visibly_and_keeps_numerics():
 @pytest.mark.parametrize("attention", ["split-einsum", "split-einsum-v2", "original"])
 def test_neural_engine_set_coreml_parity(tmp_path, attention, monkeypatch):
     from md_export.milrun import op_histogram
-    from md_export.rewrites.registry import attention as A
+    from md_export.rewrites import attention as A
 
     monkeypatch.setattr(A, "QUERY_CHUNK", 16)  # the tiny 6x6 = 36-token sequence is split into 3 chunks
     plan = spatial_plan(SpatialTransformer())
@@ -335,7 +335,7 @@ def test_relu_attention_and_shared_kv_are_what_they_say():
 
 
 def test_cli_rewrite_options_reach_export_options():
-    from md_export.cli.app import _rewrites_per_target
+    from md_export.config.options import rewrites_per_target as _rewrites_per_target
 
     got = _rewrites_per_target(("coreml", "tflite", "onnx"), ["attention=original"], False)
     assert got["coreml"][0] == "attention=original" and "linear-to-conv" in got["coreml"]

@@ -343,6 +343,31 @@ def sensitivity_cmd(
     output.emit(written)
 
 
+@app.command("sweep")
+def sweep_cmd(
+    spec: Optional[Path] = typer.Argument(None, help="A sweep file (TOML, schema_version 1); see sweeps/default.toml."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder: cells/, sweep.json, sweep.md, plots/."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="local, auto (RAY_ADDRESS), ray://host:port, or off; default: Ray if installed."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Only merge the finished cells of this sweep folder again."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for a local Ray instance (default: all)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the cells that failed with md-export's own error."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any cell falls below its parity floor."),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+):
+    """Export and check many cells (checkpoints or families x targets x levels), each a Ray task
+    or, without Ray, a child process one at a time; merged into sweep.json, sweep.md and plots.
+
+        md-export sweep sweeps/default.toml -o run/
+        md-export sweep sweep.toml -o sweeps/run1 --ray auto
+        md-export sweep --report sweeps/run1
+    """
+    from md_export.sweep.cli import sweep_command
+
+    raise typer.Exit(sweep_command(spec, report or out, ray, report is not None, num_cpus=num_cpus,
+                                   retry_failed=retry_failed, strict=strict, json_out=json_out, quiet=quiet))
+
+
 @app.command("env")
 def env_cmd(json_out: bool = JsonOpt):
     """Versions of torch, coremltools, litert-torch, onnxruntime and friends, and known-bad combinations."""

@@ -73,7 +73,7 @@ def get(name: str) -> Rewrite:
     raise UnknownNameError("rewrite", name, REGISTRY)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RewriteSelection:
     """The rewrite names chosen for one target, and which of them are ``implicit``: they came from
     the target's defaults rather than a request. A default that matches nothing is recorded as
@@ -88,6 +88,20 @@ class RewriteSelection:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def __getitem__(self, i):
+        return self.names[i]
+
+    def __eq__(self, other) -> bool:
+        """Equal to another selection with the same names and defaults, or to a list of the names."""
+        if isinstance(other, RewriteSelection):
+            return (self.names, self.implicit) == (other.names, other.implicit)
+        if isinstance(other, (list, tuple)):
+            return list(self.names) == list(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.names, self.implicit))
 
     def after(self, first) -> "RewriteSelection":
         """`first` (a recipe's list: requests) followed by these names."""

@@ -15,6 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from md_export.checkpoint.files import default_model_dir
+
 from .spec import CellSpec, CheckOptions, Resources
 
 CELL_JSON = "cell.json"
@@ -34,11 +36,8 @@ def md_export_version() -> str:
 
 
 def default_model_path() -> Path:
-    """Thin adapter: where the bundled default model lives (md-export's own default when no
-    checkpoint is named). The one place that knows the package layout."""
-    import md_export
-
-    return Path(md_export.__file__).resolve().parent / "default_model"
+    """Where the bundled default model lives (md-export's own default when no checkpoint is named)."""
+    return default_model_dir().resolve()
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
-"""The one place the sweep package takes md-export's error classes from (they move to
-md_export.core.errors in the layered layout: rewire this import only)."""
+"""The error classes the sweep package raises, and the install hint for the Ray extra."""
 
 from __future__ import annotations
 
-from md_export.errors import InputError, MdExportError
+from md_export.core.errors import InputError, MdExportError
 
 __all__ = ["RAY_HINT", "InputError", "MdExportError"]
 
