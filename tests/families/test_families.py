@@ -292,9 +292,9 @@ def test_full_size_parameter_counts():
 
 def test_families_name_their_shipped_recipes():
     """`md-export families` names what `--recipe` takes for each family; every shipped recipe is listed once."""
+    from md_export.config.recipe import recipes_of, shipped_recipes
     from md_export.families.registry import all_families
-    from md_export.config.recipe import shipped_recipes
 
-    listed = {f.name: f.describe()["recipes"] for f in all_families().values()}
+    listed = {f.name: recipes_of(f.name) for f in all_families().values()}
     assert "mobilediffusion-ios" in listed["mobilediffusion"] and listed["sd15"] == ["sd15"]
     assert sorted(r for names in listed.values() for r in names) == sorted(shipped_recipes())
