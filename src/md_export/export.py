@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from md_export import __version__
-from md_export.bundle.write import copy_tokenizer, write_scheduler
+from md_export.bundle.layout import Layout, get_layout
 from md_export.capture.torch_export import capture
 from md_export.checkpoint.family import source_extras
 from md_export.checkpoint.folder import Checkpoint
@@ -46,12 +46,14 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     progress = progress or Progress()
     options = with_family_defaults(ckpt, options)
     validate_names(options)
+    layout = get_layout(options.layout)
     lowerers = {t: get_lowerer(t) for t in options.targets}
     for t in options.targets:  # refuse before any heavy work
-        if (options.out / t).exists() and not options.force:
-            raise InputError(f"{options.out / t}: already exists; pass --force to replace it")
+        if (options.out / layout.folder(t)).exists() and not options.force:
+            raise InputError(f"{options.out / layout.folder(t)}: already exists; pass --force to replace it")
     plan = make_plan(ckpt, height=options.height, width=options.width, unet_batch=options.unet_batch,
                      with_encoder=options.with_encoder)
+    caveats = layout.check(options, ckpt, plan)
     with progress.stage("components", "load"):
         attach_modules(plan, ckpt)
     captures: dict[tuple[str, ...], tuple[dict, list[dict]]] = {}
@@ -59,23 +61,27 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     for target, lowerer in lowerers.items():
         source = _source(ckpt, options, options.out / target)
         rewrites = resolve(target, options.rewrites.get(target))
-        components, rewrite_records = _captured(plan, rewrites, target, captures, progress)
-        with atomic_folder(options.out / target, options.force) as tmp:
+        precisions = {n: component_precision(options, target, n, lowerer) for n in plan.components}
+        tplan = layout.plan(plan, precisions, plan.pipeline_json(ckpt))  # the components in the layout's IO
+        components, rewrite_records = _captured(tplan, rewrites, target, captures.setdefault(id(tplan), {}), progress)
+        with atomic_folder(options.out / layout.folder(target), options.force) as tmp:
             models = {}
             for name, (comp, ep) in components.items():
                 lowered = _lower(lowerer, comp, ep, tmp, options, target, rewrites, progress)
                 lowered = _compress(target, lowered, comp, _level(options, target, name), ckpt, plan, options, progress)
-                chunked = _chunk(target, lowered, comp, options, progress)
+                chunked = _chunk(target, lowered, comp, options, progress, layout.max_chunks)
+                if not chunked:
+                    lowered = replace(lowered, path=layout.place(lowered.path, name))
                 with progress.stage(name, "hash", target):
                     models[name] = model_entry(target, comp, lowered, chunked)
-            copy_tokenizer(ckpt.tokenizer_dir, tmp)
-            write_scheduler(tmp, ckpt.scheduler_config)
-            manifest = _manifest(target, lowerer, options, plan, ckpt, source, rewrite_records, models)
+            layout.write_resources(tmp, ckpt)
+            manifest = _manifest(target, lowerer, options, tplan, ckpt, source, rewrite_records, models, layout, caveats)
             write_manifest(tmp, manifest)
             if target == "tflite" and options.npu:
                 manifest.npu = _compile_for_npu(tmp, options.npu, progress)
                 write_manifest(tmp, manifest)
-        results.append(ExportResult(target, options.out / target, manifest.to_json()))
+            layout.finish(tmp, manifest, options)
+        results.append(ExportResult(target, options.out / layout.folder(target), manifest.to_json()))
     return results
 
 
@@ -128,11 +134,13 @@ def _compress(target: str, lowered: LoweredModel, comp: ComponentPlan, level: st
         return compress(target, lowered, comp, level, {"plan": plan, "checkpoint": ckpt, "options": options})
 
 
-def _chunk(target: str, lowered: LoweredModel, comp: ComponentPlan, options: ExportOptions, progress: Progress) -> dict:
+def _chunk(target: str, lowered: LoweredModel, comp: ComponentPlan, options: ExportOptions, progress: Progress,
+           max_chunks: int | None = None) -> dict:
     if not (target == "coreml" and comp.name == "unet" and _wants_chunks(options, lowered.path)):
         return {}
     with progress.stage(comp.name, f"chunk (under {options.chunk_limit_mb} MB)", target):
-        return chunk_in_bundle(lowered.path, comp, options.chunk_limit_mb * 1_000_000, 2 if options.chunk_unet else 1)
+        return chunk_in_bundle(lowered.path, comp, options.chunk_limit_mb * 1_000_000, 2 if options.chunk_unet else 1,
+                               max_chunks=max_chunks)
 
 
 def _compile_for_npu(bundle: Path, specs: tuple[str, ...], progress: Progress) -> list[NpuEntry]:
@@ -226,11 +234,13 @@ def _shipped_recipes_dir() -> Path:
 
 
 def _manifest(target: str, lowerer: Lowerer, options: ExportOptions, plan: ExportPlan, ckpt: Checkpoint, source: dict,
-              rewrite_records: list[dict], models: dict[str, ModelEntry]) -> Manifest:
+              rewrite_records: list[dict], models: dict[str, ModelEntry], layout: Layout, caveats: list[str]) -> Manifest:
     coreml = {"minimum_deployment_target": options.minimum_deployment_target, "compute_units": options.compute_units}
+    extra = layout.manifest_fields(options, caveats)
     return Manifest(
         schema_version=SCHEMA_VERSION,
         target=target,
+        layout=extra.get("layout"),
         created=utc_now(),
         md_export_version=__version__,
         versions=_versions(lowerer),
@@ -242,9 +252,10 @@ def _manifest(target: str, lowerer: Lowerer, options: ExportOptions, plan: Expor
             "with_encoder": plan.with_encoder,
             "precision": target_precision(options, target, lowerer),
             **(coreml if target == "coreml" else {}),
+            **extra.get("options", {}),
         },
         source=source,
-        pipeline=build(Pipeline, plan.pipeline_json(ckpt, options.steps, options.scheduler)),
+        pipeline=build(Pipeline, layout.pipeline(plan, ckpt, options)),
         rewrites=rewrite_records,
         models=models,
         parity={"status": "not-run"},

@@ -95,6 +95,15 @@ def _export_command(target_default: Optional[str]):
         npu: list[str] = typer.Option([], "--npu", rich_help_panel="Compression",
             help="TFLite: also compile each model ahead of time for these NPUs, e.g. qualcomm:SM8650,SM8750 (needs md-export\\[npu]; "
                  "see docs/npu.md). Writes the AI Pack layout in the bundle's ai_pack/."),
+        layout: str = typer.Option("md-export", "--layout",
+            help="Core ML: md-export (OUT/coreml/, md-export's contract) or apple (OUT/coreml-apple/: the files, names "
+                 "and inputs apple/ml-stable-diffusion's Swift package loads).", rich_help_panel="Layout"),
+        force_layout: bool = typer.Option(False, "--force-layout",
+            help="apple: export a checkpoint the package cannot run as exported (LCM, v-prediction, trailing "
+                 "schedules) anyway.", rich_help_panel="Layout"),
+        compile_models: bool = typer.Option(False, "--compile",
+            help="apple: compile each .mlpackage to the .mlmodelc the package loads (xcrun coremlcompiler; macOS only).",
+            rich_help_panel="Layout"),
         force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check after exporting."),
         json_out: bool = JsonOpt,
@@ -126,7 +135,14 @@ def _export_command(target_default: Optional[str]):
             rewrites=rewrites_per_target(chosen, rewrite, no_default_rewrites, loaded),
             quantize=quantize_per_target(chosen, quantize, keep),
             chunk_unet=chunk_unet, chunk_limit_mb=chunk_limit_mb, npu=tuple(npu),
+            layout=layout, force_layout=force_layout, compile=compile_models,
         )
+        from md_export.core.names import LAYOUTS
+
+        if layout not in LAYOUTS:
+            raise InputError(f"--layout {layout}: use one of {', '.join(LAYOUTS)}")
+        if (force_layout or compile_models) and layout != "apple":
+            raise InputError(f"{'--force-layout' if force_layout else '--compile'}: only with --layout apple")
         if chunk_unet and "coreml" not in chosen:
             raise InputError("--chunk-unet: splits the Core ML UNet only; add coreml to --targets (or use `md-export coreml`)")
         if npu:
@@ -154,6 +170,8 @@ def _export_command(target_default: Optional[str]):
         for r in results:
             sizes = ", ".join(f"{n} {m['bytes'] / 1e6:.1f} MB" for n, m in r.manifest["models"].items())
             output.print(f"[green]wrote[/] {r.bundle}  ({sizes})")
+            for caveat in r.manifest.get("options", {}).get("layout_caveats", []):
+                output.print(f"[yellow]note[/] {caveat}")
         output.emit(summary)
         raise typer.Exit(exit_code)
 
@@ -189,7 +207,9 @@ Examples:
 app.command("export", help="Export to several targets at once (all three by default)." + EXAMPLES_EXPORT)(_export_command(None))
 app.command("coreml",
     help="Export a Core ML bundle (.mlpackage, ML program, fp16 compute by default).\n\n    "
-         "md-export coreml ./ckpt -o out/ --minimum-deployment-target iOS17")(_export_command("coreml"))
+         "md-export coreml ./ckpt -o out/ --minimum-deployment-target iOS17\n\n    "
+         "md-export coreml ./ckpt --layout apple -o out/      (out/coreml-apple/ for apple/ml-stable-diffusion)\n\n    "
+         "md-export coreml ./ckpt --layout apple --chunk-unet -o out/")(_export_command("coreml"))
 app.command("tflite", help="Export a TFLite (LiteRT) bundle, one named signature per model.\n\n    md-export tflite ./ckpt -o out/")(_export_command("tflite"))
 app.command("onnx", help="Export an ONNX bundle (dynamo exporter; external data over 2 GB).\n\n    md-export onnx ./ckpt -o out/")(_export_command("onnx"))
 
@@ -453,15 +473,16 @@ def generate_cmd(
     from md_export.pipeline.image import save_png
     from md_export.pipeline.loop import generate
     from md_export.pipeline.tokenizer import ClipTokenizer
-    from md_export.runtime.open import open_model
+    from md_export.runtime.bundle import open_bundle
+    from md_export.verify.check import tokenizer_folder
 
     output = Output(json_out, quiet)
     manifest = read_manifest(bundle)
-    models = {name: open_model(manifest["target"], bundle, e) for name, e in manifest["models"].items()}
-    tokenizer = ClipTokenizer.from_folder(bundle / "tokenizer", pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
+    models, pipeline = open_bundle(bundle, manifest)
+    tokenizer = ClipTokenizer.from_folder(tokenizer_folder(bundle, manifest), pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
     t0 = time.perf_counter()
     with output.progress().stage("pipeline", f"generate ({steps or manifest['pipeline']['default_steps']} steps)", manifest["target"]):
-        image = generate(models, manifest["pipeline"], tokenizer, read_json(bundle / "scheduler.json"), prompt,
+        image = generate(models, pipeline, tokenizer, read_json(bundle / "scheduler.json"), prompt,
                          negative_prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
     save_png(out, image)
     seconds = time.perf_counter() - t0

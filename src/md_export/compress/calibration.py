@@ -64,6 +64,9 @@ def calibration_feeds(component: ComponentPlan, context: dict, limit: int = 16) 
             _RECORDED[id(plan)] = held
         cache.update(held[1])
     feeds = cache.get(component.name) or []
+    adapt = getattr(component, "from_contract", None)  # a component in another layout's IO (components.apple)
+    if feeds and adapt is not None:
+        feeds = [adapt(f) for f in feeds]
     if not feeds:
         feeds = [{s.name: t.numpy() for s, t in zip(component.inputs, component.example_inputs(seed=i))} for i in range(4)]
     if len(feeds) > limit:  # spread over the whole run (all timesteps), not its first steps only

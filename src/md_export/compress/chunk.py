@@ -30,9 +30,11 @@ CHUNK_LIMIT_BYTES = CHUNK_LIMIT_MB * 1_000_000
 CHAIN_FLOOR_DB = 80.0  # the chain runs the same ops as the whole: anything short of (near) exact is a bad cut
 
 
-def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str = "UnetChunk", min_chunks: int = 1) -> list[Path]:
+def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str = "UnetChunk", min_chunks: int = 1,
+          max_chunks: int | None = None) -> list[Path]:
     """Chunks of `path` (in order) written to out_dir as <name>1.mlpackage, <name>2..., each under
-    limit; with min_chunks=2 the model is split at least once even when it is already under."""
+    limit; with min_chunks=2 the model is split at least once even when it is already under; with
+    max_chunks a piece still over the limit when that many exist is an error."""
     from coremltools.models.utils import bisect_model
 
     work = out_dir / ".chunks"
@@ -45,6 +47,9 @@ def split(path: Path, out_dir: Path, limit: int = CHUNK_LIMIT_BYTES, name: str =
         if path_bytes(p) <= limit and len(done) + len(pending) + 1 >= min_chunks:
             done.append(p)
             continue
+        if max_chunks is not None and len(done) + len(pending) + 2 > max_chunks:
+            raise ConversionError(f"coreml: this layout takes at most {max_chunks} UNet chunks and one would be {path_bytes(p) / 1e6:.1f} MB, "
+                                  f"over --chunk-limit-mb {limit / 1e6:g}; raise the limit or compress the UNet more")
         n += 1
         d = work / f"split{n}"
         bisect_model(str(p), str(d), merge_chunks_to_pipeline=False, check_output_correctness=False)
@@ -100,11 +105,11 @@ def package_io(path: Path) -> tuple[list[dict], list[dict]]:
     return [entry(f) for f in spec.description.input], [entry(f) for f in spec.description.output]
 
 
-def chunk_in_bundle(whole: Path, component, limit: int, min_chunks: int, seed: int = 0) -> dict:
+def chunk_in_bundle(whole: Path, component, limit: int, min_chunks: int, seed: int = 0, max_chunks: int | None = None) -> dict:
     """Replace `whole` (a .mlpackage inside a bundle being written) by chunks beside it; check the
     chain against the whole on seeded inputs; return the manifest fields of the chunked model."""
     name = {"unet": "UnetChunk"}.get(component.name, component.name.title().replace("_", "") + "Chunk")
-    chunks = split(whole, whole.parent, limit, name, min_chunks)
+    chunks = split(whole, whole.parent, limit, name, min_chunks, max_chunks)
     feeds = {s.name: t.numpy() for s, t in zip(component.inputs, component.example_inputs(seed))}
     psnr = check_chain(whole, chunks, [feeds], component.outputs[0].name)
     if psnr < CHAIN_FLOOR_DB:

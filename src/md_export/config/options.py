@@ -36,6 +36,9 @@ class ExportOptions:
     chunk_over_mb: int | None = None  # Core ML: split the UNet only when its package is larger (recipes)
     chunk_limit_mb: int = CHUNK_LIMIT_MB
     npu: tuple[str, ...] = ()  # TFLite: "qualcomm:SM8650,SM8750" specs to compile for ahead of time (md_export.npu)
+    layout: str = "md-export"  # core.names.LAYOUTS; "apple": Core ML for apple/ml-stable-diffusion (OUT/coreml-apple/)
+    force_layout: bool = False  # apple: export a checkpoint the package cannot run as exported (LCM, v-prediction, ...)
+    compile: bool = False  # apple: compile each .mlpackage to .mlmodelc (xcrun coremlcompiler, macOS only)
     command: str = ""
 
 

@@ -123,6 +123,7 @@ class Manifest:
     target: str
     models: dict[str, ModelEntry]
     pipeline: Pipeline
+    layout: Optional[str] = field(default=None, metadata=_omit_empty())  # absent: md-export's own; "apple": Apple's Swift package
     created: str = ""
     md_export_version: str = ""
     versions: dict[str, Optional[str]] = field(default_factory=dict)
@@ -144,7 +145,7 @@ class Manifest:
 
 
 # Field order of the written file: what a person reading it wants first.
-_ORDER = ("schema_version", "target", "created", "md_export_version", "versions", "command", "options", "source",
+_ORDER = ("schema_version", "target", "layout", "created", "md_export_version", "versions", "command", "options", "source",
           "pipeline", "rewrites", "models", "npu", "parity", "parity_floors")
 _MODEL_ORDER = ("file", "format", "signature", "inputs", "outputs", "precision", "compression", "parameters", "sha256",
                 "bytes", "ideal_bytes", "size", "notes", "chunks", "chunk_check")

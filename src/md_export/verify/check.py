@@ -19,6 +19,7 @@ from md_export.core.progress import Progress
 from md_export.pipeline.loop import guidance_embedding
 from md_export.pipeline.prompts import bundled_prompts
 from md_export.pipeline.tokenizer import ClipTokenizer
+from md_export.runtime import apple as apple_runtime
 from md_export.runtime.coreml import can_run_natively
 from md_export.runtime.open import RUNTIME_NAMES, open_model
 from md_export.verify.end_to_end import check_end_to_end
@@ -28,6 +29,10 @@ from md_export.verify.floors import floor_for, npu_floor
 from md_export.verify.integrity import verify_files
 from md_export.verify.report import FAIL, NOT_RUN, PASS, Check, ParityReport
 
+
+def tokenizer_folder(bundle: Path, manifest: dict) -> Path:
+    """The folder of the bundle's vocab.json and merges.txt (tokenizer/, or the root in Apple's layout)."""
+    return (Path(bundle) / manifest["pipeline"]["tokenizer"].get("vocab", "tokenizer/vocab.json")).parent
 
 
 def reference_checkpoint(manifest: dict, override: Path | None, bundle: Path) -> Checkpoint:
@@ -84,7 +89,7 @@ class InputFactory:
     def tokenizer(self):
         if self._tokenizer is None:
             self._tokenizer = ClipTokenizer.from_folder(
-                self.bundle / "tokenizer", pad_token_id=self.manifest["pipeline"]["tokenizer"].get("pad_token_id")
+                tokenizer_folder(self.bundle, self.manifest), pad_token_id=self.manifest["pipeline"]["tokenizer"].get("pad_token_id")
             )
         return self._tokenizer
 
@@ -169,7 +174,7 @@ def check_bundle(
             out_name = comp.outputs[0].name
             with progress.stage(name, f"parity ({runtime})", target):
                 report.checks.append(_check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine,
-                                                  precision, floor, samples))
+                                                  precision, floor, samples, manifest))
     if target == "tflite" and any(e.get("file") for e in manifest.get("npu", [])):
         with progress.stage("models", "NPU parity (HTP simulator)", target):
             report.checks += check_npu_models(bundle, manifest, seed)
@@ -202,10 +207,13 @@ def _integrity(bundle: Path, manifest: dict) -> dict:
     return {"status": FAIL, "files": problems} if problems else {"status": PASS}
 
 
-def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine, precision, floor, samples) -> Check:
+def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine, precision, floor, samples,
+                 manifest: dict | None = None) -> Check:
     base = dict(model=name, output=out_name, runtime=runtime, precision=precision, threshold_psnr=floor)
     try:
         runner = open_model(target, bundle, entry, engine)
+        if (manifest or {}).get("layout") == "apple":  # driven as the Swift package drives it, compared in the contract's terms
+            runner = apple_runtime.adapt(name, runner, entry, manifest["pipeline"])
     except (MissingDependencyError, ImportError) as e:
         return Check(status=NOT_RUN, reason=f"runtime not available: {e}", **base)
     except MdExportError as e:

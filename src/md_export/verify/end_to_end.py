@@ -10,7 +10,7 @@ from md_export.core.io import read_json
 from md_export.core.metrics import compare
 from md_export.pipeline.image import save_png, side_by_side
 from md_export.pipeline.loop import generate
-from md_export.runtime.open import open_model
+from md_export.runtime.bundle import open_bundle
 from md_export.verify.report import FAIL, NOT_RUN, PASS, Check
 from md_export.verify.floors import end_to_end_floor
 
@@ -31,7 +31,8 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
     pipe_cfg = manifest["pipeline"]
     sched_cls = getattr(diffusers, DIFFUSERS_SCHEDULERS[pipe_cfg["scheduler"]])
     scheduler = sched_cls.from_config(read_json(bundle / "scheduler.json"))
-    tokenizer = CLIPTokenizer.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
+    folder = (bundle / pipe_cfg["tokenizer"].get("vocab", "tokenizer/vocab.json")).parent
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     text_encoder = plan.components["text_encoder"].module.text_encoder
     unet = plan.components["unet"].module.unet
     vae = ckpt.load_vae()
@@ -55,19 +56,18 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
 
 
 def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict, steps, seed, report) -> Check:
-    pipe_cfg = manifest["pipeline"]
     precision = "fp16" if any(m.get("precision") == "fp16" for m in manifest["models"].values()) else "fp32"
     floor = end_to_end_floor(manifest["models"], precision, floors["overrides"], floors["recipe"], floors["recorded"])
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
-    guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
     try:
-        models = {name: open_model(target, bundle, entry) for name, entry in manifest["models"].items()}
+        models, pipe_cfg = open_bundle(bundle, manifest)  # an Apple-layout bundle through the package's conventions
+        guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
         image = generate(models, pipe_cfg, factory.tokenizer(), _scheduler_config(bundle), E2E_PROMPT,
                          steps=steps, guidance_scale=guidance, seed=seed)
     except Exception as e:  # the component checks already say which model is at fault
         return Check(status=NOT_RUN if "Unsupported" in type(e).__name__ else FAIL,
                      reason=f"artifact loop failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
-    ref = reference_image(plan, ckpt, manifest, bundle, E2E_PROMPT, steps, seed, guidance)
+    ref = reference_image(plan, ckpt, dict(manifest, pipeline=pipe_cfg), bundle, E2E_PROMPT, steps, seed, guidance)
     art = np.clip(np.asarray(image, dtype=np.float32), -1.0, 1.0)
     metrics = compare(ref, art)
     png = bundle / "parity_end_to_end.png"
