@@ -33,7 +33,7 @@ def test_two_exports_are_byte_identical(default_export, tmp_path):
 def test_no_absolute_path_of_this_machine_in_a_bundle(default_export):
     needles = {str(REPO), str(Path(tempfile.gettempdir())), str(Path.home())}
     needles |= {str(r.bundle.parent) for r in default_export.values()}
-    pattern = re.compile("|".join(re.escape(n).encode() for n in sorted(needles, key=len, reverse=True)))
+    pattern = re.compile(b"|".join(re.escape(n).encode() for n in sorted(needles, key=len, reverse=True)))
     for result in default_export.values():
         for name, data in _files(result.bundle).items():
             found = pattern.search(data)

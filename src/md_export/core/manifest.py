@@ -55,7 +55,7 @@ class ModelEntry:
     compression: str
     parameters: int
     bytes: int
-    ideal_bytes: int
+    ideal_bytes: Optional[int] = field(default=None, metadata=_omit_empty())  # absent in bundles of md-export before 2026-11
     file: Optional[str] = field(default=None, metadata=_omit_empty())  # absent when chunked
     signature: Optional[str] = field(default=None, metadata=_omit_empty())  # TFLite only
     sha256: Optional[str] = field(default=None, metadata=_omit_empty())  # absent when chunked
