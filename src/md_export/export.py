@@ -20,8 +20,8 @@ from md_export.compress.chunk import chunk_in_bundle
 from md_export.compress.size import ideal_bytes
 from md_export.config.options import ExportOptions
 from md_export.config.resolve import validate_names, with_family_defaults
+from md_export.config.validate import check_options
 from md_export.core.deps import package_version
-from md_export.core.errors import InputError
 from md_export.core.io import atomic_folder, path_bytes, path_sha256, utc_now
 from md_export.core.manifest import SCHEMA_VERSION, ChunkEntry, Manifest, ModelEntry, Pipeline, TensorEntry, build, write_manifest
 from md_export.core.names import COMPONENTS
@@ -40,13 +40,11 @@ class ExportResult:
 def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None = None) -> list[ExportResult]:
     progress = progress or Progress()
     options = with_family_defaults(ckpt, options)
+    check_options(options, ckpt)  # refuse before any heavy work: numbers, names, the output folder
     validate_names(options)
-    lowerers = {t: get_lowerer(t) for t in options.targets}
-    for t in options.targets:  # refuse before any heavy work
-        if (options.out / t).exists() and not options.force:
-            raise InputError(f"{options.out / t}: already exists; pass --force to replace it")
     plan = make_plan(ckpt, height=options.height, width=options.width, unet_batch=options.unet_batch,
-                     with_encoder=options.with_encoder)
+                     with_encoder=options.with_encoder)  # configs only: a bad size is refused before a backend is imported
+    lowerers = {t: get_lowerer(t) for t in options.targets}
     with progress.stage("components", "load"):
         attach_modules(plan, ckpt)
     captures: dict[tuple[str, ...], tuple[dict, list[dict]]] = {}

@@ -17,7 +17,7 @@ from md_export.core.metrics import compare, worst
 from md_export.core.progress import Progress
 from md_export.pipeline.loop import guidance_embedding
 from md_export.pipeline.prompts import bundled_prompts
-from md_export.pipeline.tokenizer import ClipTokenizer
+from md_export.pipeline.tokenizer import ClipTokenizer, validate_tokenizer_files
 from md_export.runtime.coreml import can_run_natively
 from md_export.runtime.open import RUNTIME_NAMES, open_model
 from md_export.verify.end_to_end import check_end_to_end
@@ -121,6 +121,9 @@ def check_bundle(
     thresholds = {**({} if "all" in thresholds else manifest.get("parity_floors") or {}), **thresholds}
     if samples < 1:
         raise InputError(f"--samples {samples}: use 1 or more")
+    if end_to_end and e2e_steps < 1:
+        raise InputError(f"--e2e-steps {e2e_steps}: use 1 or more (or --no-e2e)")
+    validate_tokenizer_files(bundle / "tokenizer", pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
     opts = manifest.get("options", {})
     ckpt = reference_checkpoint(manifest, checkpoint)
     plan = make_plan(ckpt, height=opts.get("height"), width=opts.get("width"), unet_batch=opts.get("unet_batch"),
