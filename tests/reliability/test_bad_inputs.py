@@ -93,6 +93,7 @@ def make_bundle(folder: Path, ckpt_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(root, clean_ckpt) -> Path:
+    (root / "manifest-file").write_text("a file where a folder is expected")
     return make_bundle(root / "bundle" / "onnx", clean_ckpt)
 
 
@@ -339,7 +340,7 @@ def test_output_folder_not_writable(tmp_path, clean_ckpt, capsys, monkeypatch, l
     ro.chmod(0o555)
     try:
         refuse(capsys, monkeypatch, tmp_path, ["onnx", str(clean_ckpt), "-o", str(ro / "out"), "--no-check", "-q"], f"-o {ro / 'out'}",
-               "cannot create", inputs=[clean_ckpt])
+               "cannot create files", inputs=[clean_ckpt])
     finally:
         ro.chmod(0o755)
     assert loads == []
@@ -349,7 +350,7 @@ def test_output_folder_not_writable(tmp_path, clean_ckpt, capsys, monkeypatch, l
 def test_output_folder_on_a_read_only_file_system(tmp_path, clean_ckpt, capsys, monkeypatch, loads):
     """/proc refuses new folders even to root."""
     refuse(capsys, monkeypatch, tmp_path, ["onnx", str(clean_ckpt), "-o", "/proc/md-export-out", "--no-check", "-q"],
-           "-o /proc/md-export-out", "cannot create folders in /proc", inputs=[clean_ckpt])
+           "-o /proc/md-export-out", "cannot create files in /proc", inputs=[clean_ckpt])
     assert loads == []
 
 
@@ -362,6 +363,8 @@ BUNDLE_CASES = [
     ("check", "samples-0", ["--samples", "0"], ["--samples 0"]),
     ("check", "e2e-steps-0", ["--e2e-steps", "0"], ["--e2e-steps 0"]),
     ("check", "e2e-steps-negative", ["--e2e-steps", "-3"], ["--e2e-steps -3"]),
+    ("check", "json-report-under-a-file", ["--json", "{tmp}/manifest-file/r.json"], ["--json", "manifest-file/r.json", "manifest-file is a file"]),
+    ("check", "json-report-is-a-folder", ["--json", "{tmp}"], ["--json", "is a folder"]),
     ("generate", "guidance-nan", ["-p", "a cat", "--guidance-scale", "nan"], ["--guidance-scale nan"]),
     ("generate", "guidance-inf", ["-p", "a cat", "--guidance-scale", "inf"], ["--guidance-scale inf"]),
     ("generate", "steps-0", ["-p", "a cat", "--steps", "0"], ["--steps 0"]),

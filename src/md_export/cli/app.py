@@ -369,9 +369,14 @@ def check_cmd(
         md-export check out/
         md-export check out/coreml --samples 4 --seed 0 --json report.json
     """
+    from md_export.config.validate import probe_writable
     from md_export.verify.check import check_bundles
     from md_export.verify.floors import parse_overrides
 
+    if json_path and json_path != "-":  # a report that cannot be written is refused before the checks run
+        if Path(json_path).is_dir():
+            raise InputError(f"--json {json_path}: is a folder; give the file to write, e.g. {Path(json_path) / 'report.json'}")
+        probe_writable(Path(json_path).parent, "--json", json_path)
     output = Output(json_path == "-", quiet)
     reports = check_bundles(paths, progress=output.progress(), samples=samples, seed=seed, checkpoint=checkpoint,
                             thresholds=parse_overrides(threshold), allow_skip=allow_skip, end_to_end=not no_e2e,

@@ -93,22 +93,24 @@ def check_output(out: Path, targets, force: bool, inputs=()) -> None:
     probe_writable(out, "-o")
 
 
-def probe_writable(folder: Path, flag: str) -> None:
+def probe_writable(folder: Path, flag: str, given: Path | str | None = None) -> None:
     """Make and remove an empty temporary folder in `folder`, or in its nearest existing parent if
-    it does not exist yet: nothing is left behind, and a read-only or foreign folder is refused now."""
+    it does not exist yet: nothing is left behind, and a read-only or foreign folder is refused now.
+    The message names `given` (what the user typed, a file inside `folder`, say) or the folder."""
     folder = Path(folder)
+    shown = folder if given is None else given
     base = folder
     while not base.exists():
         if base.parent == base:
             break
         base = base.parent
     if not base.is_dir():
-        raise InputError(f"{flag} {folder}: {base} is a file, not a folder")
+        raise InputError(f"{flag} {shown}: {base} is a file, not a folder")
     try:
         probe = tempfile.mkdtemp(prefix=".md-export-probe-", dir=base)
         os.rmdir(probe)
     except OSError as e:
-        raise InputError(f"{flag} {folder}: cannot create folders in {base} ({e.strerror or e})") from None
+        raise InputError(f"{flag} {shown}: cannot create files in {base} ({e.strerror or e})") from None
 
 
 def check_generate(steps, guidance_scale, seed, scheduler, out: Path) -> None:
@@ -127,7 +129,7 @@ def check_generate(steps, guidance_scale, seed, scheduler, out: Path) -> None:
         raise InputError(f"-o {out}: is a folder; give the PNG file to write, e.g. {out / 'image.png'}")
     if out.suffix.lower() != ".png":
         raise InputError(f"-o {out}: the image is written as PNG; give a file name ending in .png")
-    probe_writable(out.parent, "-o")
+    probe_writable(out.parent, "-o", out)
 
 
 def check_generate_bundle(bundle: Path, manifest: dict, scheduler_config: dict, steps) -> None:
