@@ -21,6 +21,7 @@ from md_export.compress.size import ideal_bytes
 from md_export.config.options import ExportOptions
 from md_export.config.recipe import shipped_recipes
 from md_export.config.resolve import validate_names, with_family_defaults
+from md_export.config.validate import check_options
 from md_export.core.deps import package_version
 from md_export.core.errors import InputError
 from md_export.core.io import atomic_folder, path_bytes, path_sha256, portable_path, utc_now
@@ -45,14 +46,15 @@ class ExportResult:
 def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None = None) -> list[ExportResult]:
     progress = progress or Progress()
     options = with_family_defaults(ckpt, options)
+    check_options(options, ckpt)  # refuse before any heavy work: numbers, names, the output folder
     validate_names(options)
     layout = get_layout(options.layout)
-    lowerers = {t: get_lowerer(t) for t in options.targets}
-    for t in options.targets:  # refuse before any heavy work
+    for t in options.targets:  # refuse before any heavy work (the layout names the folder)
         if (options.out / layout.folder(t)).exists() and not options.force:
             raise InputError(f"{options.out / layout.folder(t)}: already exists; pass --force to replace it")
     plan = make_plan(ckpt, height=options.height, width=options.width, unet_batch=options.unet_batch,
-                     with_encoder=options.with_encoder)
+                     with_encoder=options.with_encoder)  # configs only: a bad size is refused before a backend is imported
+    lowerers = {t: get_lowerer(t) for t in options.targets}
     caveats = layout.check(options, ckpt, plan)
     with progress.stage("components", "load"):
         attach_modules(plan, ckpt)

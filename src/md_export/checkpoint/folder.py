@@ -29,6 +29,7 @@ class Checkpoint:
     scheduler_dir: Path | None
     allow_pickle: bool = False
     _configs: dict = field(default_factory=dict, repr=False)
+    _dtypes: dict = field(default_factory=dict, repr=False)  # weights folder -> {tensor: safetensors dtype}
     family_name: str | None = None  # --family, or recorded by `md-export init`; else detected from configs
     lora: tuple = ()  # ((path, scale), ...) fused into the UNet and text encoder after loading
     original: Path | None = None  # the single file a "single-file" checkpoint was converted from
@@ -96,24 +97,16 @@ class Checkpoint:
         return ck
 
     def validate(self) -> None:
-        """Check every config and weights file is present and readable, without loading weights."""
+        """Check every config, the tokenizer and each weights file's header, without loading
+        weights (checkpoint.validate): errors name the file and the field."""
+        from md_export.checkpoint.validate import check_configs, check_tokenizer, check_weights_file
+
         _ = self.unet_config, self.text_encoder_config, self.vae_config  # reading parses each: errors name the file
         for d in (self.unet_dir, self.text_encoder_dir, self.vae_dir):
-            weights_file(d, self.allow_pickle)
-        for name in ("vocab.json", "merges.txt"):
-            if not (self.tokenizer_dir / name).is_file():
-                raise InputError(f"{self.tokenizer_dir / name}: missing CLIP tokenizer file (expected vocab.json and merges.txt)")
-        read_json(self.tokenizer_dir / "vocab.json")
+            self._dtypes[d] = check_weights_file(weights_file(d, self.allow_pickle))
         _ = self.scheduler_config  # read and parsed now, before any heavy work
-        for key in ("in_channels", "sample_size", "cross_attention_dim", "block_out_channels"):
-            if key not in self.unet_config:
-                raise InputError(f"{self.unet_dir / 'config.json'}: not a UNet2DConditionModel config (no '{key}')")
-        for key in ("hidden_size", "vocab_size"):
-            if key not in self.text_encoder_config:
-                raise InputError(f"{self.text_encoder_dir / 'config.json'}: not a CLIP text encoder config (no '{key}')")
-        for key in ("latent_channels", "block_out_channels"):
-            if key not in self.vae_config:
-                raise InputError(f"{self.vae_dir / 'config.json'}: not an AutoencoderKL config (no '{key}')")
+        check_configs(self)
+        check_tokenizer(self)
 
     # -- configs -------------------------------------------------------------------------------
     def _config(self, key: str, path: Path) -> dict:
@@ -164,30 +157,49 @@ class Checkpoint:
 
     # -- loading -------------------------------------------------------------------------------
     def _load(self, what: str, loader, folder: Path):
+        """Load one component through its library and check what was loaded (checkpoint.validate):
+        missing, unused or mis-shaped tensors and NaN/Inf are refused by name, never random-initialised."""
+        from md_export.checkpoint.validate import check_loaded
+
+        weights = weights_file(folder, self.allow_pickle)
         try:
             kwargs = {"low_cpu_mem_usage": False} if "diffusers" in loader.__module__ else {}
-            model = loader(folder, local_files_only=True, use_safetensors=not self.allow_pickle or None, **kwargs)
+            loaded = loader(folder, local_files_only=True, use_safetensors=not self.allow_pickle or None,
+                            output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         except InputError:
             raise
         except Exception as e:  # diffusers/transformers raise many types; name the folder and the cause
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{folder}: cannot load the {what} ({msg})") from e
+        model, info = loaded if isinstance(loaded, tuple) else (loaded, None)  # md-export's own UNets check themselves
+        if folder not in self._dtypes:
+            from md_export.checkpoint.validate import check_weights_file
+
+            self._dtypes[folder] = check_weights_file(weights)
+        check_loaded(model, info, weights, what, self._dtypes[folder])
         return model.float().eval()
+
+    def _fuse(self, model, component: str):
+        from md_export.checkpoint.lora import fuse_loras
+        from md_export.checkpoint.validate import check_finite
+
+        if not self.lora:
+            return model
+        model = fuse_loras(model, component, self.lora)
+        check_finite(model, "--lora " + ", ".join(str(f) for f, _ in self.lora), component.replace("_", " "))
+        return model
 
     def load_unet(self):
         from md_export.families.registry import unet_class
-        from md_export.checkpoint.lora import fuse_loras
 
         model = self._load("UNet", unet_class(self.unet_config).from_pretrained, self.unet_dir)
-        return fuse_loras(model, "unet", self.lora)
+        return self._fuse(model, "unet")
 
     def load_text_encoder(self):
         from transformers import CLIPTextModel
 
-        from md_export.checkpoint.lora import fuse_loras
-
         model = self._load("text encoder", CLIPTextModel.from_pretrained, self.text_encoder_dir)
-        return fuse_loras(model, "text_encoder", self.lora)
+        return self._fuse(model, "text_encoder")
 
     def load_vae(self):
         from diffusers import AutoencoderKL

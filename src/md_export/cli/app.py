@@ -12,6 +12,7 @@ import sys
 import threading
 import traceback
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -110,21 +111,19 @@ def _export_command(target_default: Optional[str]):
         quiet: bool = QuietOpt,
     ):
         from md_export.checkpoint.folder import Checkpoint
-        from md_export.config.options import ExportOptions, parse_targets
+        from md_export.config.options import ExportOptions, lora_pairs, parse_targets
         from md_export.core.io import portable_command
         from md_export.export import export
 
         output = Output(json_out, quiet)
         chosen = (target_default,) if target_default else parse_targets(targets)
-        from md_export.config.options import lora_pairs, quantize_per_target, rewrites_per_target
+        options_lora = lora_pairs(lora, lora_scale)
+        from md_export.config.options import quantize_per_target, rewrites_per_target
         from md_export.config.recipe import load_recipe
         from md_export.config.resolve import apply_recipe, check_family
+        from md_export.config.validate import check_options
 
         loaded = load_recipe(recipe) if recipe is not None else None
-        ckpt = Checkpoint.open(checkpoint, unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
-                               scheduler=scheduler, allow_pickle=allow_pickle,
-                               family=family or (loaded.family if loaded and checkpoint is not None and checkpoint.is_file() else None),
-                               lora=lora_pairs(lora, lora_scale))
         if precision is not None and precision not in ("fp32", "fp16"):
             raise InputError(f"--precision {precision}: use fp32 or fp16")
         options = ExportOptions(
@@ -153,6 +152,13 @@ def _export_command(target_default: Optional[str]):
             parse_npu_targets(list(npu))  # unknown SoCs and vendors without an SDK here fail now, before any work
         if chunk_limit_mb < 1:
             raise InputError(f"--chunk-limit-mb {chunk_limit_mb}: give the largest piece size in MB (e.g. 1000)")
+        given_paths = [p for p in (checkpoint, unet, text_encoder, vae, tokenizer, scheduler, *lora) if p is not None]
+        # refused here, before the checkpoint is read; export() checks again once a recipe has chosen the targets
+        check_options(options if loaded is None else replace(options, targets=()), inputs=given_paths)
+        ckpt = Checkpoint.open(checkpoint, unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
+                               scheduler=scheduler, allow_pickle=allow_pickle,
+                               family=family or (loaded.family if loaded and checkpoint is not None and checkpoint.is_file() else None),
+                               lora=options_lora)
         if loaded is not None:
             check_family(loaded, ckpt)
             sources = {k: ctx.get_parameter_source(k) for k in ctx.params}  # typer vendors click: compare by name
@@ -431,9 +437,14 @@ def check_cmd(
         md-export check out/ --recipe mobilediffusion-ios
     """
     from md_export.config.recipe import load_recipe
+    from md_export.config.validate import probe_writable
     from md_export.verify.check import check_bundles
     from md_export.verify.floors import parse_overrides
 
+    if json_path and json_path != "-":  # a report that cannot be written is refused before the checks run
+        if Path(json_path).is_dir():
+            raise InputError(f"--json {json_path}: is a folder; give the file to write, e.g. {Path(json_path) / 'report.json'}")
+        probe_writable(Path(json_path).parent, "--json", json_path)
     output = Output(json_path == "-", quiet)
     overrides = parse_overrides(threshold)
     recipe_floors = {t: dict(r.parity) for t, r in load_recipe(recipe).target.items()} if recipe is not None else None
@@ -475,14 +486,18 @@ def generate_cmd(
     from md_export.pipeline.tokenizer import ClipTokenizer
     from md_export.runtime.bundle import open_bundle
     from md_export.verify.check import tokenizer_folder
+    from md_export.config.validate import check_generate, check_generate_bundle
 
+    check_generate(steps, guidance_scale, seed, scheduler, out)
     output = Output(json_out, quiet)
     manifest = read_manifest(bundle)
+    scheduler_config = read_json(bundle / "scheduler.json")
+    check_generate_bundle(bundle, manifest, scheduler_config, steps)
     models, pipeline = open_bundle(bundle, manifest)
     tokenizer = ClipTokenizer.from_folder(tokenizer_folder(bundle, manifest), pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
     t0 = time.perf_counter()
     with output.progress().stage("pipeline", f"generate ({steps or manifest['pipeline']['default_steps']} steps)", manifest["target"]):
-        image = generate(models, pipeline, tokenizer, read_json(bundle / "scheduler.json"), prompt,
+        image = generate(models, pipeline, tokenizer, scheduler_config, prompt,
                          negative_prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
     save_png(out, image)
     seconds = time.perf_counter() - t0

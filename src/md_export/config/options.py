@@ -3,6 +3,7 @@ fills what it leaves open from a recipe and the family's defaults."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def lora_pairs(files, scales) -> tuple[tuple[str, float], ...]:
         raise InputError(f"--lora-scale given {len(scales)} times for {len(files)} --lora files; give one, or one per file")
     if not scales:
         scales = [1.0]
+    bad = [s for s in scales if not math.isfinite(s)]
+    if bad:
+        raise InputError(f"--lora-scale {bad[0]}: use a finite number (1.0 applies the LoRA as trained)")
     return tuple((str(f), float(scales[i] if len(scales) > 1 else scales[0])) for i, f in enumerate(files))
 
 

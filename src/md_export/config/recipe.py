@@ -145,8 +145,8 @@ class _Reader:
         if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
             self.fail(k, f"expected an integer, found {v!r}")
         if kind is float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                self.fail(k, f"expected a number, found {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                self.fail(k, f"expected a finite number, found {v!r}")
             v = float(v)
         if kind is str and not isinstance(v, str):
             self.fail(k, f"expected a string, found {v!r}")

@@ -18,7 +18,7 @@ from md_export.core.metrics import compare, worst
 from md_export.core.progress import Progress
 from md_export.pipeline.loop import guidance_embedding
 from md_export.pipeline.prompts import bundled_prompts
-from md_export.pipeline.tokenizer import ClipTokenizer
+from md_export.pipeline.tokenizer import ClipTokenizer, validate_tokenizer_files
 from md_export.runtime import apple as apple_runtime
 from md_export.runtime.coreml import can_run_natively
 from md_export.runtime.open import RUNTIME_NAMES, open_model
@@ -149,6 +149,9 @@ def check_bundle(
               "recorded": manifest.get("parity_floors") or {}}
     if samples < 1:
         raise InputError(f"--samples {samples}: use 1 or more")
+    if end_to_end and e2e_steps < 1:
+        raise InputError(f"--e2e-steps {e2e_steps}: use 1 or more (or --no-e2e)")
+    validate_tokenizer_files(tokenizer_folder(bundle, manifest), pad_token_id=manifest["pipeline"]["tokenizer"].get("pad_token_id"))
     with progress.stage("bundle", "verify sha256" if verify else "verify (skipped)", target):
         integrity = {"status": "skipped", "reason": "--no-verify"} if not verify else _integrity(bundle, manifest)
     opts = manifest.get("options", {})

@@ -4,7 +4,10 @@ sources apply in: the command line (`--threshold unet=45`), then a recipe the us
 
 from __future__ import annotations
 
+import math
+
 from md_export.core.errors import InputError
+from md_export.core.names import PARITY_KEYS
 
 DEFAULT_PSNR = {
     "fp32": {"text_encoder": 80.0, "unet": 80.0, "vae_decoder": 80.0, "vae_encoder": 80.0, "end_to_end": 40.0},
@@ -20,16 +23,23 @@ def default_floor(model: str, precision: str) -> float:
 
 
 def parse_overrides(items: list[str]) -> dict[str, float]:
-    """['unet=45', 'vae_decoder=35'] -> {'unet': 45.0, ...}; 'all=60' sets every model."""
+    """['unet=45', 'vae_decoder=35'] -> {'unet': 45.0, ...}; 'all=60' sets every model. The name
+    is one of PARITY_KEYS and the floor a finite number of dB (a NaN floor would pass everything)."""
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise InputError(f"--threshold {item!r}: use MODEL=DB, e.g. unet=45 (or all=60)")
+        if name not in PARITY_KEYS:
+            raise InputError(f"--threshold {item!r}: unknown model '{name}'; known: {', '.join(PARITY_KEYS)}")
+        try:
+            db = float(value)
+        except ValueError:
+            raise InputError(f"--threshold {item!r}: '{value.strip()}' is not a number of dB; use MODEL=DB, e.g. {name}=45") from None
+        if not math.isfinite(db):
+            raise InputError(f"--threshold {item!r}: use a finite PSNR floor in dB, e.g. {name}=45")
+        out[name] = db
     return out
 
 
