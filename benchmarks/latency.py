@@ -248,7 +248,7 @@ def bench_bundles(a) -> dict:
         if shapes(m) != shapes(manifest) or (m.get("source", {}).get("weights_sha256") != manifest.get("source", {}).get("weights_sha256")):
             raise InputError(f"{b}: exported from other weights or shapes than {first}; run latency.py on each bundle separately")
     opts = manifest.get("options", {})
-    ckpt = reference_checkpoint(manifest, a.checkpoint)
+    ckpt = reference_checkpoint(manifest, a.checkpoint, first)
     plan = make_plan(ckpt, height=opts.get("height"), width=opts.get("width"), unet_batch=opts.get("unet_batch"),
                      with_encoder=bool(opts.get("with_encoder")))
     attach_modules(plan, ckpt)

@@ -47,3 +47,19 @@ def test_bundle_files_have_normal_permissions(default_export):
         for p in [result.bundle, *result.bundle.rglob("*")]:
             mode = stat.S_IMODE(p.stat().st_mode)
             assert mode == (0o777 if p.is_dir() else 0o666) & ~mask, (p, oct(mode))
+
+
+def test_reading_a_core_ml_package_leaves_its_bytes_alone(default_export, tmp_path):
+    """coremltools rewrites Manifest.json when it opens a package (ct.utils.load_spec): md-export
+    writes it the same way, so opening a package never changes the sha256 the manifest records."""
+    import shutil
+
+    import coremltools as ct
+
+    from md_export.core.io import path_sha256
+
+    package = tmp_path / "unet.mlpackage"
+    shutil.copytree(default_export["coreml"].bundle / "unet.mlpackage", package)
+    before = path_sha256(package)
+    ct.utils.load_spec(str(package))
+    assert path_sha256(package) == before

@@ -53,10 +53,19 @@ def tiny_bundle(tiny_tflite, tmp_path) -> Path:
     b = tmp_path / "bundle"
     b.mkdir()
     (b / "tiny.tflite").write_bytes(tiny_tflite.read_bytes())
-    manifest = {
+    io = [{"name": n, "shape": [1, 4, 8, 8], "dtype": "float32", "layout": "NCHW"} for n in ("x", "y")]
+    out = [{"name": n, "shape": [1, 4, 8, 8], "dtype": "float32", "layout": "NCHW"} for n in ("p", "q")]
+    tokenizer = {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "bos_token_id": 0, "eos_token_id": 1,
+                 "pad_token_id": 1}
+    manifest = {  # the fields md-export's manifest schema requires (core.manifest)
         "schema_version": 1,
         "target": "tflite",
-        "models": {"tiny": {"file": "tiny.tflite", "precision": "fp32", "compression": "none"}},
+        "models": {"tiny": {"file": "tiny.tflite", "format": "tflite", "signature": "tiny", "inputs": io, "outputs": out,
+                            "precision": "fp32", "compression": "none", "parameters": 164, "bytes": len(tiny_tflite.read_bytes())}},
+        "pipeline": {"image_height": 64, "image_width": 64, "latent_channels": 4, "latent_height": 8, "latent_width": 8,
+                     "vae_scaling_factor": 0.18215, "vae_shift_factor": 0.0, "decoder_applies_scaling": True,
+                     "guidance": "none", "unet_batch": 1, "default_guidance_scale": 0.0, "default_steps": 4,
+                     "scheduler": "euler", "text_max_length": 77, "text_hidden_size": 32, "tokenizer": tokenizer},
     }
     (b / "manifest.json").write_text(json.dumps(manifest))
     return b

@@ -16,6 +16,21 @@ from md_export.core.spec import TensorSpec
 from md_export.verify.lint import lint_coreml, lint_onnx, lint_tflite, module_of
 
 
+def _manifest(file: str = "unet.tflite") -> dict:
+    """A manifest with the fields md-export's schema requires (core.manifest), naming one UNet file."""
+    spec = [{"name": "sample", "shape": [2, 4, 4, 4], "dtype": "float32", "layout": "NCHW"}]
+    tokenizer = {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "bos_token_id": 49406,
+                 "eos_token_id": 49407, "pad_token_id": 49407}
+    return {"schema_version": 1, "target": "tflite", "rewrites": [],
+            "models": {"unet": {"file": file, "format": "tflite", "inputs": spec, "outputs": spec, "precision": "fp32",
+                                "compression": "none", "parameters": 1, "bytes": 1}},
+            "pipeline": {"image_height": 32, "image_width": 32, "latent_channels": 4, "latent_height": 4, "latent_width": 4,
+                         "vae_scaling_factor": 0.18215, "vae_shift_factor": 0.0, "decoder_applies_scaling": True,
+                         "guidance": "cfg-batch2", "unet_batch": 2, "default_guidance_scale": 7.5, "default_steps": 20,
+                         "scheduler": "euler", "text_max_length": 77, "text_hidden_size": 32, "tokenizer": tokenizer}}
+
+
+
 class Awkward(nn.Module):
     """A materialized broadcast (BROADCAST_TO on TFLite) and a rank-5 intermediate."""
 
@@ -101,13 +116,13 @@ def test_lint_command_strict_and_json(tmp_path, awkward_tflite, plain_tflite):
     bundle = tmp_path / "tflite"
     bundle.mkdir()
     shutil.copy(awkward_tflite, bundle / "unet.tflite")
-    write_json(bundle / "manifest.json", {"schema_version": 1, "target": "tflite", "pipeline": {}, "models": {"unet": {"file": "unet.tflite"}}, "rewrites": []})
+    write_json(bundle / "manifest.json", _manifest())
     assert main(["lint", str(bundle)]) == 0
     assert main(["lint", str(bundle), "--strict"]) == 1
     clean = tmp_path / "clean" / "tflite"
     clean.mkdir(parents=True)
     shutil.copy(plain_tflite, clean / "unet.tflite")
-    write_json(clean / "manifest.json", {"schema_version": 1, "target": "tflite", "pipeline": {}, "models": {"unet": {"file": "unet.tflite"}}})
+    write_json(clean / "manifest.json", _manifest())
     assert main(["lint", str(clean), "--strict"]) == 0
 
 
@@ -118,7 +133,7 @@ def test_lint_json_output(tmp_path, awkward_tflite, capsys):
     bundle = tmp_path / "b"
     bundle.mkdir()
     (bundle / "unet.tflite").write_bytes(awkward_tflite.read_bytes())
-    write_json(bundle / "manifest.json", {"schema_version": 1, "target": "tflite", "pipeline": {}, "models": {"unet": {"file": "unet.tflite"}}})
+    write_json(bundle / "manifest.json", _manifest())
     capsys.readouterr()
     assert main(["lint", str(bundle), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -23,10 +23,12 @@ def normalize_mlpackage(package: Path) -> None:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     entries = manifest.get("itemInfoEntries", {})
     renamed = {old: str(uuid.uuid5(_NAMESPACE, entry["path"])) for old, entry in entries.items()}
-    manifest["itemInfoEntries"] = {renamed[old]: entries[old] for old in sorted(entries, key=lambda k: entries[k]["path"])}
+    manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in entries.items()}
     if manifest.get("rootModelIdentifier") in renamed:
         manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
-    write_file(manifest_path, (json.dumps(manifest, indent=4) + "\n").encode("utf-8"))
+    # sorted keys, 4-space indent, a final newline: byte for byte what coremltools' ModelPackage writes
+    # when it opens a package (ct.utils.load_spec does), so reading a package never changes its sha256
+    write_file(manifest_path, (json.dumps(manifest, indent=4, sort_keys=True) + "\n").encode("utf-8"))
     for entry in manifest["itemInfoEntries"].values():
         spec_path = package / "Data" / entry["path"]
         if spec_path.is_file() and spec_path.name.endswith(".mlmodel"):
