@@ -4,8 +4,10 @@ The pipeline is made of the standard classes (diffusers AutoencoderKL, UNet2DCon
 EulerDiscreteScheduler, transformers CLIPTextModel with the repository's CLIP tokenizer), so every
 export path is the one a real Stable Diffusion checkpoint takes. Stages:
 
-1. vae       AutoencoderKL on 64x64 crops of 128x128 dataset images, then on whole images
-             (L1 + MSE + a small KL term); the latent scaling factor is set to 1/std of the latents.
+1. vae       AutoencoderKL on 64x64 crops of 128x128 images of 1-3 shapes (more edges per pixel than
+             the captioned images), then on whole images (L1 + MSE + a small KL term); the latent
+             scaling factor is set to 1/std of the latents; the judge's accuracy on reconstructions
+             of captioned images is recorded.
 2. cache     the VAE encodes a fixed set of captioned images once (posterior means).
 3. diffusion CLIP text encoder + UNet trained together on the cached latents: epsilon prediction,
              DDPM noise with a small offset-noise term, min-SNR-5 loss weights, 10% of captions
@@ -41,15 +43,26 @@ import torch.nn.functional as F
 
 from md_export.families.tiny import SD_SCHEDULER_CONFIG, tiny_text_config, tiny_unet_config, tiny_vae_config
 from md_export.shapes import VOCABULARY, VOCABULARY_FIELD
-from md_export.shapes.dataset import ShapesDataset, evaluation_prompts
+from md_export.shapes.dataset import (
+    Attributes,
+    ShapesDataset,
+    evaluation_prompts,
+    random_attributes,
+    random_scene,
+    render,
+    sample_layout,
+)
+from md_export.shapes.judge import prompt_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "src" / "md_export" / "default_model"
 TOKENIZER_DIR = DEFAULT_OUT / "tokenizer"
 
-UNET_OVERRIDES = {"block_out_channels": (48, 96), "attention_head_dim": 2}  # 2 heads: 3x faster on CPU than 8
+# the UNet keeps the old default widths; 2 attention heads instead of 8 (head width 16/32) train ~2x faster on CPU
+UNET_OVERRIDES = {"block_out_channels": (32, 64), "attention_head_dim": 2}
 TEXT_OVERRIDES: dict = {}
-VAE_OVERRIDES: dict = {}
+# wider low-resolution blocks: (16, 16, 32, 32) rendered small triangles as blobs
+VAE_OVERRIDES = {"block_out_channels": (16, 32, 64, 64)}
 
 
 def build_models(seed: int):
@@ -165,14 +178,13 @@ class Run:
 def train_vae(run: Run):
     a = run.args
     total = a.vae_steps_crop + a.vae_steps_full
-    data = ShapesDataset(seed=a.seed + 100)
     vae = run.vae.train()
     bar = Progress(total, run.s["step"], "vae")
     t0, c0 = time.time(), time.process_time()
     ema = None
     for step in range(run.s["step"], total):
-        images, _ = data.batch(step * a.vae_batch, a.vae_batch)
-        x = torch.from_numpy(images)
+        scenes = [random_scene(np.random.default_rng([a.seed, 100, step, k])) for k in range(a.vae_batch)]
+        x = torch.from_numpy(np.stack(scenes).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0)
         if step < a.vae_steps_crop:  # random 64x64 crops: same edges, a quarter of the pixels
             rng = np.random.default_rng([a.seed, 7, step])
             ox, oy = rng.integers(0, 65, size=2)
@@ -209,10 +221,31 @@ def train_vae(run: Run):
     vae.register_to_config(scaling_factor=scale)
     run.s["losses"]["vae"]["heldout_l1_full_128"] = full_l1
     run.s["scaling_factor"] = scale
-    print(f"[vae] scaling_factor {scale}, held-out L1 on whole 128x128 images {full_l1:.4f}", flush=True)
+    run.s["vae_reconstruction_accuracy"] = recon = reconstruction_accuracy(vae, a.seed)
+    print(
+        f"[vae] scaling_factor {scale}, held-out L1 on 128x128 images {full_l1:.4f}, judge on reconstructions {recon}", flush=True
+    )
     run.clock("vae", time.time() - t0, time.process_time() - c0)
     run.s["stage"], run.s["step"] = "cache", 0
     run.save()
+
+
+def reconstruction_accuracy(vae, seed: int, n: int = 96) -> dict:
+    """The judge's accuracy on VAE reconstructions of captioned images: any size, and small only."""
+    out = {}
+    for name, force_small in (("captioned", False), ("small_shapes", True)):
+        rng = np.random.default_rng([seed, 400, int(force_small)])
+        attrs = []
+        for _ in range(n):
+            at = random_attributes(rng)
+            attrs.append(Attributes(at.shape, at.colour, at.background, "small", at.position) if force_small else at)
+        imgs = np.stack([render(at, sample_layout(at, rng)) for at in attrs]).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+        with torch.no_grad():
+            rec = torch.cat(
+                [vae.decode(vae.encode(torch.from_numpy(imgs[i : i + 32])).latent_dist.mean).sample for i in range(0, n, 32)]
+            )
+        out[name] = prompt_accuracy(zip(attrs, [r[None] for r in rec.numpy()]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,6 +438,7 @@ def write_pipeline(run: Run, out: Path, command: str):
         "loss_history": s["history"],
         "evals_during_training": s["evals"],
         "vae_scaling_factor": float(run.vae.config.scaling_factor),
+        "vae_reconstruction_accuracy": s.get("vae_reconstruction_accuracy"),
         "parameters": {"unet": n_params(run.unet), "text_encoder": n_params(run.text_encoder), "vae": n_params(run.vae)},
         "bytes_fp16_safetensors": sizes | {"total": sum(sizes.values())},
     }
@@ -418,15 +452,16 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder to write (default: the bundled default model)")
     ap.add_argument("--work", type=Path, default=Path("train_work"), help="checkpoints and the latent cache")
     ap.add_argument("--resume", action="store_true", help="continue from --work/state.pt")
+    ap.add_argument("--stop-after", choices=("vae", "cache"), help="stop after a stage (continue later with --resume)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vae-steps-crop", type=int, default=1500)
-    ap.add_argument("--vae-steps-full", type=int, default=300)
+    ap.add_argument("--vae-steps-crop", type=int, default=2000)
+    ap.add_argument("--vae-steps-full", type=int, default=200)
     ap.add_argument("--vae-batch", type=int, default=8)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1e-6)
     ap.add_argument("--cache-size", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=2600, help="diffusion steps")
+    ap.add_argument("--steps", type=int, default=4000, help="diffusion steps")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
@@ -434,11 +469,17 @@ def main(argv=None):
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-every", type=int, default=250)
-    ap.add_argument("--eval-every", type=int, default=650, help="quick accuracy check of the EMA model (0: never)")
+    ap.add_argument("--eval-every", type=int, default=1000, help="quick accuracy check of the EMA model (0: never)")
+    ap.add_argument("--eval-seeds", type=int, nargs="*", default=[0, 1], help="seeds of the final evaluation (none: skip it)")
+    ap.add_argument("--eval-grid", type=Path, help="write the final evaluation's image grid here (PNG)")
+    ap.add_argument("--eval-only", action="store_true", help="only evaluate the pipeline in --out (after training)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
+    if args.eval_only:
+        final_eval(args.out, args.eval_seeds or [0, 1], args.eval_grid)
+        return
     command = "python " + " ".join(
         [str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0]] + sys.argv[1:]
     )
@@ -454,10 +495,50 @@ def main(argv=None):
     )
     if run.s["stage"] == "vae":
         train_vae(run)
+    if args.stop_after == "vae":
+        return
     cache = build_cache(run)
+    if args.stop_after == "cache":
+        return
     if run.s["stage"] == "diffusion":
         train_diffusion(run, cache)
     write_pipeline(run, args.out, command)
+    if args.eval_seeds:
+        final_eval(args.out, args.eval_seeds, args.eval_grid)
+
+
+def final_eval(out: Path, seeds: list[int], grid: Path | None) -> dict:
+    """The reference pipeline read from `out` (diffusers, fp32, CPU, 20 Euler steps, guidance 7.5) on
+    the 24 evaluation prompts x `seeds`, judged; the result goes into training_report.json."""
+    from md_export.shapes.evaluate import evaluate, reference_generate_fn
+
+    t0, c0 = time.time(), time.process_time()
+    result = evaluate(reference_generate_fn(out), evaluation_prompts(), seeds, grid_path=grid, labels=("", "diffusers fp32"))
+    wrong = [f"{i.prompt!r} seed {i.seed}: {'; '.join(i.mismatches)}" for i in result.items if not i.correct]
+    summary = {
+        "what": "diffusers StableDiffusionPipeline from this folder, fp32, CPU, EulerDiscrete 20 steps, guidance 7.5, judged by "
+        "md_export.shapes.judge",
+        "prompts": len(evaluation_prompts()),
+        "seeds": list(seeds),
+        "accuracy": result.accuracy,
+        "correct": sum(i.correct for i in result.items),
+        "pairs": result.n,
+        "wrong": wrong,
+        "wall_seconds": round(time.time() - t0, 1),
+        "process_cpu_seconds": round(time.process_time() - c0, 1),
+        "threads": torch.get_num_threads(),
+    }
+    report_path = out / "training_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["reference_prompt_accuracy"] = summary
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    for w in wrong:
+        print(f"  wrong: {w}")
+    print(
+        f"[eval] prompt accuracy {result.accuracy:.3f} ({summary['correct']}/{result.n}) in {summary['wall_seconds']} s",
+        flush=True,
+    )
+    return summary
 
 
 if __name__ == "__main__":

@@ -87,3 +87,14 @@ def test_batch_is_float_nchw_in_unit_range():
     assert images.shape == (3, 3, 128, 128) and images.dtype == np.float32
     assert images.min() >= -1.0 and images.max() <= 1.0
     assert captions == [ShapesDataset(seed=0).sample(10 + k).caption for k in range(3)]
+
+
+def test_random_scenes_are_seeded_and_hold_one_to_three_shapes():
+    from md_export.shapes.dataset import random_scene
+    from md_export.shapes.judge import read_image
+
+    a = [random_scene(np.random.default_rng([0, k])) for k in range(20)]
+    b = [random_scene(np.random.default_rng([0, k])) for k in range(20)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(read_image(x).area_fraction > 0 for x in a)
+    assert any(read_image(x).clutter > 0 for x in a)  # some scenes have more than one blob

@@ -140,22 +140,44 @@ def sample_layout(attrs: Attributes, rng: np.random.Generator) -> Layout:
     return Layout(cx, cy, r)
 
 
-def render(attrs: Attributes, layout: Layout, size: int = 128) -> np.ndarray:
-    """Draw one image: HWC uint8 [size, size, 3]."""
+def render_scene(background: str, shapes: list[tuple[str, str, Layout]], size: int = 128) -> np.ndarray:
+    """Draw shapes, each (shape, colour, layout), in order on a flat background: HWC uint8 [size, size, 3]."""
     from PIL import Image, ImageDraw
 
     big = size * SUPERSAMPLE
-    img = Image.new("RGB", (big, big), COLOURS[attrs.background])
+    img = Image.new("RGB", (big, big), COLOURS[background])
     draw = ImageDraw.Draw(img)
-    cx, cy, r = layout.cx * big, layout.cy * big, layout.r * big
-    fill = COLOURS[attrs.colour]
-    if attrs.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif attrs.shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    for shape, colour, layout in shapes:
+        cx, cy, r = layout.cx * big, layout.cy * big, layout.r * big
+        fill = COLOURS[colour]
+        if shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif shape == "square":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+        else:
+            raise ValueError(f"shape '{shape}': use one of {', '.join(SHAPES)}")
     return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.uint8).copy()
+
+
+def render(attrs: Attributes, layout: Layout, size: int = 128) -> np.ndarray:
+    """Draw one captioned image: HWC uint8 [size, size, 3]."""
+    return render_scene(attrs.background, [(attrs.shape, attrs.colour, layout)], size)
+
+
+def random_scene(rng: np.random.Generator, max_shapes: int = 3, size: int = 128) -> np.ndarray:
+    """An uncaptioned image of 1..max_shapes shapes of any size, position and colour (each differing
+    from the background): more edges and corners per pixel, for training an autoencoder."""
+    first = random_attributes(rng, p_size=0.0, p_position=0.0)
+    shapes = []
+    for k in range(int(rng.integers(1, max_shapes + 1))):
+        a = first if k == 0 else random_attributes(rng, p_size=0.0, p_position=0.0)
+        colour = a.colour if a.colour != first.background else first.colour
+        r = float(rng.uniform(SIZE_RANGES["small"][0], SIZE_RANGES["large"][1]))
+        lo, hi = r + MARGIN, 1.0 - r - MARGIN
+        shapes.append((a.shape, colour, Layout(float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), r)))
+    return render_scene(first.background, shapes, size)
 
 
 def random_attributes(rng: np.random.Generator, p_size: float = 0.5, p_position: float = 0.5) -> Attributes:
@@ -249,6 +271,8 @@ __all__ = [
     "evaluation_prompts",
     "parse_caption",
     "random_attributes",
+    "random_scene",
     "render",
+    "render_scene",
     "sample_layout",
 ]
