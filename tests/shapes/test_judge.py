@@ -34,12 +34,21 @@ def test_swapped_colours_fail():
     assert prompt_accuracy(pairs) == 0.0
 
 
-def test_wrong_shape_fails():
+@pytest.mark.parametrize("blur", [0.0, 1.5])
+@pytest.mark.parametrize("shift", [1, 2])
+def test_wrong_shape_fails_even_when_soft(blur, shift):
+    """The soft templates (rounded corners) must not let one shape pass for another."""
+    from PIL import Image, ImageFilter
+
     data = ShapesDataset(seed=4)
     pairs = []
-    for p in evaluation_prompts():
-        other = SHAPES[(SHAPES.index(p.attributes.shape) + 1) % 3]
-        pairs.append((p.prompt, data.draw(replace(p.attributes, shape=other))))
+    for k in range(2):
+        for p in evaluation_prompts():
+            other = SHAPES[(SHAPES.index(p.attributes.shape) + shift) % 3]
+            img = data.draw(replace(p.attributes, shape=other), k)
+            if blur:
+                img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(blur)))
+            pairs.append((p.prompt, img))
     assert prompt_accuracy(pairs) == 0.0
 
 

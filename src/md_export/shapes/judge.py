@@ -8,9 +8,10 @@
 3. Colour: the median of the mask's interior (the mask eroded by one pixel, to skip anti-aliased
    edges), nearest palette colour.
 4. Class: the mask is compared with an ideal circle, square and upright triangle filling its
-   bounding box; the best intersection-over-union wins if it is at least 0.7, else the shape is
-   unrecognised (None). The fill ratio of the bounding box (circle 0.79, square 1, triangle 0.5) is
-   reported too.
+   bounding box, each sharp or with corners rounded as a soft renderer draws them (the outline
+   blurred by a Gaussian of sigma 1 or 2 pixels and thresholded at one half); the class with the
+   best intersection-over-union wins if it is at least 0.7, else the shape is unrecognised (None).
+   The fill ratio of the bounding box (circle 0.79, square 1, triangle 0.5) is reported too.
 5. Size: half the bounding box's larger side over the image side; small below 0.18, else large
    (the dataset draws small in [0.09, 0.14], large in [0.22, 0.27]).
 6. Position: the bounding box's centre (dx, dy) from the image centre, in fractions of the side:
@@ -28,12 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from md_export.shapes.dataset import COLOURS, Attributes, parse_caption
+from md_export.shapes.dataset import COLOURS, SHAPES, Attributes, parse_caption
 
 BORDER_FRACTION = 1 / 32
 MASK_DISTANCE = 100.0
 MIN_COMPONENT_FRACTION = 0.0025
 MIN_IOU = 0.7
+SOFTNESS_PX = (0.0, 1.0, 2.0)  # corner rounding the shape templates allow (Gaussian sigma, pixels)
 SMALL_BELOW = 0.18
 CENTRE_WITHIN = 0.1
 MAX_CLUTTER = 0.25
@@ -125,15 +127,50 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     return comps
 
 
-def _templates(bw: int, bh: int) -> dict[str, np.ndarray]:
-    """Ideal shapes filling a bw x bh box (pixel centres sampled)."""
-    ys, xs = np.mgrid[0:bh, 0:bw].astype(np.float32)
-    u, v = (xs + 0.5) / bw, (ys + 0.5) / bh  # [0, 1] across the box
-    return {
-        "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
-        "square": np.ones((bh, bw), dtype=bool),
-        "triangle": np.abs(u - 0.5) <= v / 2,  # apex at the top, base at the bottom
-    }
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (edges padded with zeros, which the caller's canvas already has)."""
+    radius = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    for axis in (0, 1):
+        padded = np.pad(a, [(radius, radius) if ax == axis else (0, 0) for ax in (0, 1)])
+        n = a.shape[axis]
+        a = sum(w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
+    return a
+
+
+def _ideal(shape: str, xs: np.ndarray, ys: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    u, v = (xs + 0.5 - x0) / (x1 - x0), (ys + 0.5 - y0) / (y1 - y0)  # [0, 1] across the box
+    inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    if shape == "circle":
+        return (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    if shape == "square":
+        return inside
+    return inside & (np.abs(u - 0.5) <= v / 2)  # triangle: apex at the top, base at the bottom
+
+
+def _templates(bw: int, bh: int, softness: float = 0.0) -> dict[str, np.ndarray]:
+    """Ideal shapes whose bounding box is bw x bh (pixel centres sampled). With `softness` > 0
+    (pixels), each outline is blurred by a Gaussian of that sigma and thresholded at one half (the
+    same shape with rounded corners, as a soft renderer such as a small decoder draws it), drawn
+    large enough that the rounded shape still spans the whole box."""
+    if softness <= 0:
+        ys, xs = np.mgrid[0:bh, 0:bw].astype(np.float32)
+        return {k: _ideal(k, xs, ys, (0, 0, bw, bh)) for k in SHAPES}
+    pad = int(np.ceil(3 * softness)) + 4
+    ys, xs = np.mgrid[-pad : bh + pad, -pad : bw + pad].astype(np.float32)
+    out = {}
+    for k in SHAPES:
+        box = (0.0, 0.0, float(bw), float(bh))
+        for _ in range(2):  # the second pass widens the box by what rounding took off each side
+            soft = _blur(_ideal(k, xs, ys, box).astype(np.float32), softness) >= 0.5
+            rows, cols = np.flatnonzero(soft.any(axis=1)) - pad, np.flatnonzero(soft.any(axis=0)) - pad
+            if not len(rows):
+                break
+            box = (box[0] - cols[0], box[1] - rows[0], box[2] + (bw - 1 - cols[-1]), box[3] + (bh - 1 - rows[-1]))
+        out[k] = soft[pad : pad + bh, pad : pad + bw]
+    return out
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -176,10 +213,11 @@ def read_image(image: np.ndarray) -> Reading:
     bw, bh = x1 - x0, y1 - y0
     box = mask[y0:y1, x0:x1]
     ious = {}
-    for name, tpl in _templates(bw, bh).items():
-        inter = np.logical_and(box, tpl).sum()
-        union = np.logical_or(box, tpl).sum()
-        ious[name] = float(inter / union) if union else 0.0
+    for softness in SOFTNESS_PX:
+        for name, tpl in _templates(bw, bh, softness).items():
+            inter = np.logical_and(box, tpl).sum()
+            union = np.logical_or(box, tpl).sum()
+            ious[name] = max(ious.get(name, 0.0), float(inter / union) if union else 0.0)
     best = max(ious, key=ious.get)
     shape = best if ious[best] >= MIN_IOU else None
 
