@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 from md_export.shapes import VOCABULARY, VOCABULARY_FIELD
 from md_export.shapes.dataset import Attributes, EvalPrompt, evaluation_prompts
 from md_export.shapes.judge import Reading, as_attributes, read_image, to_hwc_uint8
