@@ -122,3 +122,19 @@ def test_outputs_are_not_written_through_planted_symlinks(bundle_copy, tmp_path,
     for name, victim in victims.items():
         assert victim.read_text() == "keep me"
         assert not (bundle / name).is_symlink() and (bundle / name).is_file()
+
+
+def test_a_read_only_bundle_is_refused_before_the_run(bundle_copy, capsys, monkeypatch):
+    """As root every folder is writable, so the read-only bundle is simulated where check probes it."""
+    bundle = bundle_copy("onnx")
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if self.parent == bundle:
+            raise PermissionError(13, "Read-only file system")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    code, report, err = _check(bundle, capsys)
+    assert code == 2 and report is None
+    assert err.strip() == f"md-export: error: {bundle}: cannot write the parity report into the bundle (Read-only file system); check a writable copy of it"

@@ -144,6 +144,7 @@ def check_bundle(
     progress = progress or Progress()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    _writable(bundle)
     target = manifest["target"]
     floors = {"overrides": thresholds or {}, "recipe": (recipe_floors or {}).get(target, {}),
               "recorded": manifest.get("parity_floors") or {}}
@@ -203,6 +204,18 @@ def check_npu_models(bundle: Path, manifest: dict, seed: int) -> list[Check]:
                   PASS if r.passed else FAIL, float(r.floor), metrics={"psnr": r.psnr, "max_abs": r.max_abs}, samples=1,
                   reason="vs the uncompiled .tflite on the CPU")
             for r in results]
+
+
+def _writable(bundle: Path) -> None:
+    """check writes parity.json, parity.md and the manifest into the bundle: refuse a read-only one
+    now, in a second, rather than lose the result after the whole run."""
+    probe = bundle / f".md-export-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{bundle}: cannot write the parity report into the bundle ({e.strerror}); "
+                         "check a writable copy of it") from None
 
 
 def _integrity(bundle: Path, manifest: dict) -> dict:
