@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 from md_export.shapes import VOCABULARY, VOCABULARY_FIELD
 from md_export.shapes.dataset import ShapesDataset, evaluation_prompts, parse_caption
 from md_export.shapes.evaluate import evaluate, require_vocabulary, vocabulary_of

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 from md_export.sweep.executor import choose_backend, map_tasks
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 from md_export.sweep import cells as C
 from md_export.sweep.cli import sweep_command
 from md_export.sweep.report import pareto, write_report

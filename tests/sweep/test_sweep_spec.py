@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from md_export.errors import InputError
+from md_export.core.errors import InputError
 from md_export.sweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ evaluator then walks the main function in program order:
   internally in fp32, rounded to float16 after each op);
 - model inputs are cast to the declared input dtypes; outputs come back in the declared dtypes.
 
-An op without a kernel raises :class:`md_export.errors.UnsupportedOpError`.
+An op without a kernel raises :class:`md_export.core.errors.UnsupportedOpError`.
 """
 
 from __future__ import annotations

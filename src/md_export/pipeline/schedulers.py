@@ -17,7 +17,7 @@ timesteps and sigmas are bit-identical and a step agrees to float32 rounding.
 Config keys are read the way ``SchedulerClass.from_config(config)`` reads them: keys the scheduler
 does not know are ignored, missing keys take that scheduler's diffusers defaults (so a DDIM built
 from an Euler config gets DDIM's ``clip_sample=True`` default, as in diffusers). Options that change
-the numerics and are not implemented raise :class:`~md_export.errors.InputError` rather than being
+the numerics and are not implemented raise :class:`~md_export.core.errors.InputError` rather than being
 silently ignored.
 """
 
