@@ -129,9 +129,35 @@ class Run:
         self.opt_diff = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
         self.s = {"stage": "vae", "step": 0, "elapsed": {}, "cpu": {}, "losses": {}, "history": [], "evals": []}
 
-    def config(self) -> dict:
-        keys = ("seed", "vae_steps_crop", "vae_steps_full", "vae_batch", "cache_size", "steps", "batch", "lr", "vae_lr")
+    VAE_KEYS = ("seed", "vae_steps_crop", "vae_steps_full", "vae_batch", "vae_lr", "kl_weight")
+    DIFFUSION_KEYS = ("cache_size", "steps", "batch", "lr", "caption_dropout", "offset_noise", "min_snr", "ema", "fg_weight")
+
+    def config(self, keys=VAE_KEYS + DIFFUSION_KEYS) -> dict:
         return {k: getattr(self.args, k) for k in keys}
+
+    def reuse_vae(self, path: Path):
+        """Take the finished VAE stage (weights, scale, times, losses) of another run with the same VAE options."""
+        blob = torch.load(path, weights_only=False)
+        mine = self.config(self.VAE_KEYS)
+        missing = [k for k in self.VAE_KEYS if k not in blob["config"]]
+        if missing:  # states written before these options were recorded used their defaults
+            print(f"--reuse-vae: {path} does not record {', '.join(missing)}; assuming this run's values", flush=True)
+        theirs = {k: blob["config"].get(k, mine[k]) for k in self.VAE_KEYS}
+        if theirs != mine or blob["run"]["stage"] == "vae":
+            raise SystemExit(
+                f"--reuse-vae {path}: VAE stage not finished there, or other VAE options (there, here): "
+                f"{ {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]} }"
+            )
+        self.vae.load_state_dict(blob["vae"])
+        self.vae.register_to_config(scaling_factor=blob["scaling_factor"])
+        for key in ("elapsed", "cpu", "losses"):
+            self.s[key]["vae"] = blob["run"][key]["vae"]
+        for key in ("scaling_factor", "vae_reconstruction_accuracy"):
+            self.s[key] = blob["run"].get(key)
+        self.s["vae_reused_from"] = str(path)
+        self.s["stage"], self.s["step"] = "cache", 0
+        self.save()
+        print(f"reused the VAE stage of {path}", flush=True)
 
     def save(self):
         blob = {
@@ -259,6 +285,14 @@ def tokenize(captions: list[str]) -> torch.Tensor:
     return tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
 
 
+def foreground_mask(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Latent-resolution mask of the shape: latent pixels whose 8x8 patch (or a neighbour's) differs
+    from the background (the corner pixel; shapes never touch the border). uint8 [B, 1, h, w]."""
+    fg = ((x - x[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.25).float()
+    m = F.max_pool2d(F.max_pool2d(fg, factor), 3, stride=1, padding=1)
+    return m.to(torch.uint8)
+
+
 def build_cache(run: Run):
     a = run.args
     path = run.work / "latents.pt"
@@ -266,16 +300,20 @@ def build_cache(run: Run):
         t0, c0 = time.time(), time.process_time()
         data = ShapesDataset(seed=a.seed + 200)
         vae = run.vae.eval()
-        chunk, latents, captions = 64, [], []
+        chunk, latents, masks, captions = 64, [], [], []
         bar = Progress(a.cache_size // chunk, 0, "cache", every=20)
         with torch.no_grad():
             for k in range(a.cache_size // chunk):
                 images, caps = data.batch(k * chunk, chunk)
-                latents.append(vae.encode(torch.from_numpy(images)).latent_dist.mean.to(torch.float16))
+                x = torch.from_numpy(images)
+                latents.append(vae.encode(x).latent_dist.mean.to(torch.float16))
+                masks.append(foreground_mask(x))
                 captions += caps
                 bar.update(k)
         bar.close()
-        torch.save({"latents": torch.cat(latents), "captions": captions, "ids": tokenize(captions)}, path)
+        torch.save(
+            {"latents": torch.cat(latents), "masks": torch.cat(masks), "captions": captions, "ids": tokenize(captions)}, path
+        )
         run.clock("cache", time.time() - t0, time.process_time() - c0)
         run.s["stage"], run.s["step"] = "diffusion", 0
         run.save()
@@ -313,7 +351,8 @@ def quick_eval(run: Run, n_prompts: int, steps: int = 20) -> float:
 
     pipe = pipeline_of(run.vae, run.ema_text, run.ema_unet)
     pipe.set_progress_bar_config(disable=True)
-    prompts = evaluation_prompts()[:: max(1, 24 // n_prompts)][:n_prompts]
+    every = evaluation_prompts()  # k * 3 + k % 3: shapes cycle, groups (plain, size, position) covered
+    prompts = [every[(k * 3 + k % 3) % len(every)] for k in range(n_prompts)]
     result = evaluate(pipeline_generate_fn(pipe, steps=steps), [p.prompt for p in prompts], [1000])
     return result.accuracy
 
@@ -327,6 +366,7 @@ def train_diffusion(run: Run, cache: dict):
     snr = alphas / (1 - alphas)
     latents_all = cache["latents"].float() * float(run.vae.config.scaling_factor)
     ids_all = cache["ids"]
+    pixel_weight_all = 1.0 + a.fg_weight * cache["masks"].float()
     empty_ids = tokenize([""])
     n = latents_all.shape[0]
     te, unet = run.text_encoder.train(), run.unet.train()
@@ -348,7 +388,8 @@ def train_diffusion(run: Run, cache: dict):
         context = te(ids).last_hidden_state
         pred = unet(xt, t, context).sample
         w = torch.clamp(snr[t], max=a.min_snr) / snr[t]  # min-SNR-gamma weights for epsilon prediction
-        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        pw = pixel_weight_all[idx]  # the shape's latent pixels count (1 + fg_weight) times: the background is the easy part
+        per = (pw * (pred - noise) ** 2).sum(dim=(1, 2, 3)) / (pw.sum(dim=(1, 2, 3)) * pred.shape[1])
         loss = (w * per).mean()
         run.opt_diff.zero_grad(set_to_none=True)
         loss.backward()
@@ -357,7 +398,7 @@ def train_diffusion(run: Run, cache: dict):
         decay = min(a.ema, (1 + step) / (10 + step))
         ema_update(run.ema_unet, unet, decay)
         ema_update(run.ema_text, te, decay)
-        mse = per.mean().item()
+        mse = ((pred - noise) ** 2).mean().item()
         ema_loss = mse if ema_loss is None else 0.99 * ema_loss + 0.01 * mse
         run.s["step"] = step + 1
         run.s["losses"]["diffusion"] = {"ema_loss": ema_loss, "last_mse": mse, "last_weighted": loss.item()}
@@ -421,7 +462,7 @@ def write_pipeline(run: Run, out: Path, command: str):
         "vocabulary": VOCABULARY,
         "command": command,
         "seed": run.args.seed,
-        "options": vars(run.args) | {"work": str(run.args.work), "out": str(run.args.out)},
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(run.args).items()},
         "threads": torch.get_num_threads(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "wall_seconds": {k: round(v, 1) for k, v in s["elapsed"].items()} | {"total": round(sum(s["elapsed"].values()), 1)},
@@ -452,6 +493,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder to write (default: the bundled default model)")
     ap.add_argument("--work", type=Path, default=Path("train_work"), help="checkpoints and the latent cache")
     ap.add_argument("--resume", action="store_true", help="continue from --work/state.pt")
+    ap.add_argument(
+        "--reuse-vae", type=Path, help="start from the finished VAE stage of another run's state.pt (same VAE options)"
+    )
     ap.add_argument("--stop-after", choices=("vae", "cache"), help="stop after a stage (continue later with --resume)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -461,15 +505,16 @@ def main(argv=None):
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1e-6)
     ap.add_argument("--cache-size", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=4000, help="diffusion steps")
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=7000, help="diffusion steps")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--offset-noise", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
+    ap.add_argument("--fg-weight", type=float, default=3.0, help="extra loss weight of the shape's latent pixels")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-every", type=int, default=250)
-    ap.add_argument("--eval-every", type=int, default=1000, help="quick accuracy check of the EMA model (0: never)")
+    ap.add_argument("--eval-every", type=int, default=1750, help="quick accuracy check of the EMA model (0: never)")
     ap.add_argument("--eval-seeds", type=int, nargs="*", default=[0, 1], help="seeds of the final evaluation (none: skip it)")
     ap.add_argument("--eval-grid", type=Path, help="write the final evaluation's image grid here (PNG)")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the pipeline in --out (after training)")
@@ -488,6 +533,8 @@ def main(argv=None):
         run.load()
     elif run.state_path.exists():
         raise SystemExit(f"{run.state_path} exists: pass --resume to continue it, or use another --work")
+    elif args.reuse_vae:
+        run.reuse_vae(args.reuse_vae)
     print(
         f"parameters: unet {n_params(run.unet):,}, text encoder {n_params(run.text_encoder):,}, vae {n_params(run.vae):,}; "
         f"threads {torch.get_num_threads()}",
@@ -528,8 +575,15 @@ def final_eval(out: Path, seeds: list[int], grid: Path | None) -> dict:
         "process_cpu_seconds": round(time.process_time() - c0, 1),
         "threads": torch.get_num_threads(),
     }
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(out / "vae"), torch_dtype=torch.float32).eval()
+    recon = reconstruction_accuracy(vae, 0)
     report_path = out / "training_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if "vae_reconstruction_accuracy" in report and "vae_reconstruction_accuracy_at_training" not in report:
+        report["vae_reconstruction_accuracy_at_training"] = report["vae_reconstruction_accuracy"]
+    report["vae_reconstruction_accuracy"] = recon  # the saved fp16 VAE, judged by the current judge
     report["reference_prompt_accuracy"] = summary
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     for w in wrong:
