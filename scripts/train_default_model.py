@@ -126,11 +126,23 @@ class Run:
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.opt_vae = torch.optim.AdamW(self.vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
         params = list(self.text_encoder.parameters()) + list(self.unet.parameters())
-        self.opt_diff = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+        self.opt_diff = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, fused=True)
         self.s = {"stage": "vae", "step": 0, "elapsed": {}, "cpu": {}, "losses": {}, "history": [], "evals": []}
 
     VAE_KEYS = ("seed", "vae_steps_crop", "vae_steps_full", "vae_batch", "vae_lr", "kl_weight")
-    DIFFUSION_KEYS = ("cache_size", "steps", "batch", "lr", "caption_dropout", "offset_noise", "min_snr", "ema", "fg_weight")
+    DIFFUSION_KEYS = (
+        "cache_size",
+        "steps",
+        "batch",
+        "lr",
+        "caption_dropout",
+        "offset_noise",
+        "min_snr",
+        "ema",
+        "fg_weight",
+        "high_noise_fraction",
+        "high_noise_from",
+    )
 
     def config(self, keys=VAE_KEYS + DIFFUSION_KEYS) -> dict:
         return {k: getattr(self.args, k) for k in keys}
@@ -240,7 +252,7 @@ def train_vae(run: Run):
     vae.eval()
     # the latent scale, as SD's 0.18215 was chosen: 1/std of posterior samples
     with torch.no_grad():
-        images, _ = ShapesDataset(seed=a.seed + 300).batch(0, 256)
+        images, _ = ShapesDataset(seed=a.seed + 300, unplaced="anywhere").batch(0, 256)
         z = vae.encode(torch.from_numpy(images)).latent_dist.sample(torch.Generator().manual_seed(a.seed))
         scale = float(f"{1.0 / z.std().item():.5f}")
         full_l1 = (vae.decode(z).sample - torch.from_numpy(images)).abs().mean().item()
@@ -265,7 +277,11 @@ def reconstruction_accuracy(vae, seed: int, n: int = 96) -> dict:
         for _ in range(n):
             at = random_attributes(rng)
             attrs.append(Attributes(at.shape, at.colour, at.background, "small", at.position) if force_small else at)
-        imgs = np.stack([render(at, sample_layout(at, rng)) for at in attrs]).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+        imgs = (
+            np.stack([render(at, sample_layout(at, rng, "anywhere")) for at in attrs]).astype(np.float32).transpose(0, 3, 1, 2)
+            / 127.5
+            - 1
+        )
         with torch.no_grad():
             rec = torch.cat(
                 [vae.decode(vae.encode(torch.from_numpy(imgs[i : i + 32])).latent_dist.mean).sample for i in range(0, n, 32)]
@@ -381,7 +397,12 @@ def train_diffusion(run: Run, cache: dict):
         drop = torch.rand(a.batch, generator=gen) < a.caption_dropout
         ids[drop] = empty_ids[0]
         noise = torch.randn(x0.shape, generator=gen) + a.offset_noise * torch.randn((a.batch, x0.shape[1], 1, 1), generator=gen)
+        # a share of the batch at high noise only, where the layout (position, size) is decided
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (a.batch,), generator=gen)
+        high = torch.rand(a.batch, generator=gen) < a.high_noise_fraction
+        t = torch.where(
+            high, torch.randint(a.high_noise_from, noise_sched.config.num_train_timesteps, (a.batch,), generator=gen), t
+        )
         xt = noise_sched.add_noise(x0, noise, t)
         for g in run.opt_diff.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, 200)
@@ -512,6 +533,8 @@ def main(argv=None):
     ap.add_argument("--offset-noise", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--fg-weight", type=float, default=3.0, help="extra loss weight of the shape's latent pixels")
+    ap.add_argument("--high-noise-fraction", type=float, default=0.5, help="share of samples drawn at t >= --high-noise-from")
+    ap.add_argument("--high-noise-from", type=int, default=600)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-every", type=int, default=250)
     ap.add_argument("--eval-every", type=int, default=1750, help="quick accuracy check of the EMA model (0: never)")

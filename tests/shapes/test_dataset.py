@@ -98,3 +98,15 @@ def test_random_scenes_are_seeded_and_hold_one_to_three_shapes():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(read_image(x).area_fraction > 0 for x in a)
     assert any(read_image(x).clutter > 0 for x in a)  # some scenes have more than one blob
+
+
+def test_unplaced_shapes_go_in_the_centre_unless_asked_anywhere():
+    from md_export.shapes.judge import read_image
+
+    centred = ShapesDataset(seed=2)
+    anywhere = ShapesDataset(seed=2, unplaced="anywhere")
+    plain = [i for i in range(200) if centred.sample(i).attributes.position is None][:40]
+    assert {read_image(centred.sample(i).image).position for i in plain} == {"centre"}
+    assert len({read_image(anywhere.sample(i).image).position for i in plain}) >= 4
+    with pytest.raises(ValueError, match="unplaced"):
+        ShapesDataset(unplaced="left").sample(0)

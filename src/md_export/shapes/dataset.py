@@ -16,7 +16,9 @@ Geometry (fractions of the image side): a shape is given by its bounding box's c
 half-extent r (circle radius, half the square's side, half the triangle's base and height). Small is
 r in [0.09, 0.14], large r in [0.22, 0.27], unspecified r in [0.12, 0.25]. A position puts the
 bounding-box centre at 0.25 or 0.75 along its axis (0.5 for the centre), jittered by up to 0.04 and
-kept inside the image; no position word places the shape anywhere inside. The judge
+kept inside the image. With no position word the shape is in the centre (the same jitter), so
+every caption says where its shape is (``unplaced="anywhere"`` places it anywhere inside instead;
+a model trained that way learned position words far more slowly). The judge
 (:mod:`md_export.shapes.judge`) reads these attributes back with the same thresholds.
 
 Images are drawn 4x larger with PIL and box-filtered down (anti-aliased edges). Everything is
@@ -126,14 +128,20 @@ class Layout:
     r: float
 
 
-def sample_layout(attrs: Attributes, rng: np.random.Generator) -> Layout:
+UNPLACED = ("centre", "anywhere")
+
+
+def sample_layout(attrs: Attributes, rng: np.random.Generator, unplaced: str = "centre") -> Layout:
+    """Draw a layout for `attrs`; `unplaced` says where a shape with no position word goes."""
+    if unplaced not in UNPLACED:
+        raise ValueError(f"unplaced '{unplaced}': use one of {', '.join(UNPLACED)}")
     lo, hi = SIZE_RANGES[attrs.size]
     r = float(rng.uniform(lo, hi))
     lo_c, hi_c = r + MARGIN, 1.0 - r - MARGIN
-    if attrs.position is None:
+    if attrs.position is None and unplaced == "anywhere":
         cx, cy = float(rng.uniform(lo_c, hi_c)), float(rng.uniform(lo_c, hi_c))
     else:
-        px, py = POSITION_CENTRES[attrs.position]
+        px, py = POSITION_CENTRES[attrs.position or "centre"]
         cx = px + float(rng.uniform(-POSITION_JITTER, POSITION_JITTER))
         cy = py + float(rng.uniform(-POSITION_JITTER, POSITION_JITTER))
         cx, cy = min(max(cx, lo_c), hi_c), min(max(cy, lo_c), hi_c)
@@ -201,19 +209,22 @@ class Sample:
 class ShapesDataset:
     """Captioned images drawn on the fly. ``sample(i)`` depends only on (seed, i, the options)."""
 
-    def __init__(self, seed: int = 0, image_size: int = 128, p_size: float = 0.5, p_position: float = 0.5):
+    def __init__(
+        self, seed: int = 0, image_size: int = 128, p_size: float = 0.5, p_position: float = 0.5, unplaced: str = "centre"
+    ):
         self.seed, self.image_size, self.p_size, self.p_position = int(seed), int(image_size), p_size, p_position
+        self.unplaced = unplaced
 
     def sample(self, index: int) -> Sample:
         rng = np.random.default_rng([self.seed, int(index)])
         attrs = random_attributes(rng, self.p_size, self.p_position)
-        layout = sample_layout(attrs, rng)
+        layout = sample_layout(attrs, rng, self.unplaced)
         return Sample(render(attrs, layout, self.image_size), attrs.caption, attrs, layout)
 
     def draw(self, attrs: Attributes, index: int = 0) -> np.ndarray:
         """An image of given attributes (layout drawn from (seed, index))."""
         rng = np.random.default_rng([self.seed, int(index), 1])
-        return render(attrs, sample_layout(attrs, rng), self.image_size)
+        return render(attrs, sample_layout(attrs, rng, self.unplaced), self.image_size)
 
     def batch(self, start: int, n: int) -> tuple[np.ndarray, list[str]]:
         """Images [n, 3, H, W] float32 in [-1, 1] and their captions, for indices start .. start+n-1."""
