@@ -314,7 +314,7 @@ def build_cache(run: Run):
     path = run.work / "latents.pt"
     if run.s["stage"] == "cache":
         t0, c0 = time.time(), time.process_time()
-        data = ShapesDataset(seed=a.seed + 200)
+        data = ShapesDataset(seed=a.seed + 200, p_position=a.p_position)
         vae = run.vae.eval()
         chunk, latents, masks, captions = 64, [], [], []
         bar = Progress(a.cache_size // chunk, 0, "cache", every=20)
@@ -365,9 +365,10 @@ def pipeline_of(vae, text_encoder, unet):
 def quick_eval(run: Run, n_prompts: int, steps: int = 20) -> float:
     from md_export.shapes.evaluate import evaluate, pipeline_generate_fn
 
+    a = run.args
     pipe = pipeline_of(run.vae, run.ema_text, run.ema_unet)
     pipe.set_progress_bar_config(disable=True)
-    every = evaluation_prompts()  # k * 3 + k % 3: shapes cycle, groups (plain, size, position) covered
+    every = evaluation_prompts(positions=a.p_position > 0)  # k * 3 + k % 3: shapes cycle, every group covered
     prompts = [every[(k * 3 + k % 3) % len(every)] for k in range(n_prompts)]
     result = evaluate(pipeline_generate_fn(pipe, steps=steps), [p.prompt for p in prompts], [1000])
     return result.accuracy
@@ -483,7 +484,7 @@ def write_pipeline(run: Run, out: Path, command: str):
         "vocabulary": VOCABULARY,
         "command": command,
         "seed": run.args.seed,
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(run.args).items()},
+        "options": {k: _portable(v) if isinstance(v, Path) else v for k, v in vars(run.args).items()},
         "threads": torch.get_num_threads(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "wall_seconds": {k: round(v, 1) for k, v in s["elapsed"].items()} | {"total": round(sum(s["elapsed"].values()), 1)},
@@ -529,6 +530,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=7000, help="diffusion steps")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--p-position", type=float, default=0.0,
+                    help="share of captions with a position word (0: the default model's vocabulary has none)")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--offset-noise", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
@@ -575,6 +578,15 @@ def main(argv=None):
     write_pipeline(run, args.out, command)
     if args.eval_seeds:
         final_eval(args.out, args.eval_seeds, args.eval_grid)
+
+
+def _portable(path: Path) -> str:
+    """A path for the report that ships with the weights: relative to the repository when inside it,
+    else only its name (no absolute path of the training machine goes into the package)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path) if not path.is_absolute() else f"<outside the repository>/{path.name}"
 
 
 def final_eval(out: Path, seeds: list[int], grid: Path | None) -> dict:

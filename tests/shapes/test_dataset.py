@@ -77,9 +77,12 @@ def test_evaluation_prompts_are_fixed_and_balanced():
     for field, values in (("shape", SHAPES), ("colour", COLOURS), ("background", COLOURS)):
         counts = {v: sum(getattr(p.attributes, field) == v for p in prompts) for v in values}
         assert min(counts.values()) >= 4, (field, counts)
-    assert {p.attributes.position for p in prompts} == set(POSITIONS) | {None}
+    assert {p.attributes.position for p in prompts} == {None}  # the default model is not trained on positions
     assert {p.attributes.size for p in prompts} == set(SIZES) | {None}
     assert all(parse_caption(p.prompt) == p.attributes for p in prompts)
+    placed = evaluation_prompts(positions=True)
+    assert {p.attributes.position for p in placed} == set(POSITIONS) | {None}
+    assert all(parse_caption(p.prompt) == p.attributes for p in placed)
 
 
 def test_batch_is_float_nchw_in_unit_range():
