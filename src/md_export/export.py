@@ -225,6 +225,7 @@ def _source(ckpt: Checkpoint, options: ExportOptions, bundle: Path) -> dict:
         "kind": ckpt.kind,
         **located,
         "weights_sha256": ckpt.weights_sha256(),
+        **({"vocabulary": vocabulary} if (vocabulary := ckpt.training_vocabulary()) else {}),
         **source_extras(ckpt, bundle),
         **({"recipe": recipe.name if recipe.parent == _shipped_recipes_dir() else portable_path(recipe, bundle) or recipe.name}
            if recipe else {}),

@@ -14,6 +14,7 @@ from pathlib import Path
 from md_export.checkpoint.files import COMPONENT_DIRS, default_model_dir, weights_file
 from md_export.core.errors import InputError
 from md_export.core.io import file_sha256, read_json
+from md_export.shapes import VOCABULARY_FIELD
 
 
 @dataclass
@@ -145,6 +146,19 @@ class Checkpoint:
         if self.scheduler_dir is not None:
             dirs["scheduler"] = self.scheduler_dir
         return dirs
+
+    def training_vocabulary(self) -> str | None:
+        """The caption vocabulary the pipeline declares it was trained on ("_md_export_vocabulary" in
+        model_index.json; the bundled default model says "shapes-v1"), or None. Component folders
+        count only when the UNet's and the text encoder's pipeline folders both declare the same one."""
+        found = set()
+        for d in (self.unet_dir, self.text_encoder_dir):
+            index = Path(d).parent / "model_index.json"
+            try:
+                found.add(read_json(index).get(VOCABULARY_FIELD) if index.is_file() else None)
+            except (OSError, ValueError, AttributeError):
+                found.add(None)
+        return found.pop() if len(found) == 1 else None
 
     @property
     def family(self) -> str | None:

@@ -351,6 +351,9 @@ def sensitivity_cmd(
     component: list[str] = typer.Option([], "--component", help="Component to analyse (repeatable; default unet, text_encoder, vae_decoder)."),
     average_bits: Optional[float] = typer.Option(None, "--average-bits", help="Also pick bits per layer for this parameter-weighted average."),
     samples: int = typer.Option(4, "--samples", help="Recorded calibration inputs per component."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Score the layers as Ray tasks: local, auto (RAY_ADDRESS), "
+                                      "ray://host:port; the checkpoint must be at the same path on every node."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="With --ray local: CPUs of the local instance (default: all)."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ):
@@ -360,12 +363,22 @@ def sensitivity_cmd(
 
         md-export sensitivity ./ckpt --target coreml -o sens/
         md-export sensitivity --component unet --average-bits 4.5 -o sens/
+        md-export sensitivity ./ckpt --target coreml -o sens/ --ray auto
     """
     from md_export.tools.sensitivity import run_sensitivity
 
     output = Output(json_out, quiet)
+    analyze = None
+    if ray is not None and ray.strip() not in ("off", "serial", "none", "no"):
+        from md_export.sweep.run import ray_mode
+        from md_export.sweep.sensitivity import ray_analyzer
+
+        _, address = ray_mode(ray)
+        analyze = ray_analyzer(checkpoint, address, num_cpus=num_cpus,
+                               on_piece=lambda k, n: output.print(f"  {k}/{n} layer pieces scored"))
     written = run_sensitivity(checkpoint, target, out, component, average_bits, samples, output.progress(),
-                              on_written=lambda n, w: output.print(f"[green]wrote[/] {w['json']} and {w['png']} ({w['layers']} layers)"))
+                              on_written=lambda n, w: output.print(f"[green]wrote[/] {w['json']} and {w['png']} ({w['layers']} layers)"),
+                              analyze=analyze)
     output.emit(written)
 
 
@@ -451,6 +464,49 @@ def check_cmd(
     reports = check_bundles(paths, progress=output.progress(), samples=samples, seed=seed, checkpoint=checkpoint,
                             thresholds=overrides, recipe_floors=recipe_floors, verify=not no_verify, allow_skip=allow_skip,
                             end_to_end=not no_e2e, e2e_steps=e2e_steps)
+    for r in reports:
+        output.print(r.table())
+    data = [r.to_json() for r in reports]
+    if json_path and json_path != "-":
+        Path(json_path).write_text(__import__("json").dumps(data, indent=2) + "\n", encoding="utf-8")
+    output.emit(data)
+    raise typer.Exit(max(r.exit_code() for r in reports))
+
+
+@app.command("eval")
+def eval_cmd(
+    paths: list[Path] = typer.Argument(..., help="Bundles, or folders of bundles (out/ evaluates out/coreml, out/tflite, out/onnx)."),
+    prompts: int = typer.Option(24, "--prompts", help="How many prompts of the fixed evaluation set."),
+    seeds: int = typer.Option(2, "--seeds", help="Seeds per prompt (0, 1, ...)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps; default: the manifest's default_steps."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Reference checkpoint, if not where the manifest says."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Points the bundle may lose against the reference "
+                                             "(default: 2 for fp32 and fp16 bundles, no floor for compressed levels)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the reports as JSON to this file ('-' for stdout)."),
+    quiet: bool = QuietOpt,
+):
+    """Prompt accuracy: generate the fixed evaluation prompts with the bundle (its models in their
+    runtime, as the apps run them) and with the fp32 PyTorch reference, same seeds and steps, and read
+    every image back with a rule-based judge (shape, colour, background, size).
+
+    Only for models trained on the shapes vocabulary (the bundled default model); others are refused.
+    Writes prompt_accuracy.png (prompt rows: reference | bundle) into the bundle and the numbers into
+    its parity.json. Exit 0: floors met (reference >= 90 %; fp32/fp16 bundles within 2 points of it);
+    1: below a floor; 2: bad input.
+
+        md-export eval out/
+        md-export eval out/tflite --prompts 12 --seeds 1
+    """
+    from md_export.config.validate import probe_writable
+    from md_export.verify.prompt_accuracy import eval_bundles
+
+    if json_path and json_path != "-":
+        if Path(json_path).is_dir():
+            raise InputError(f"--json {json_path}: is a folder; give the file to write, e.g. {Path(json_path) / 'eval.json'}")
+        probe_writable(Path(json_path).parent, "--json", json_path)
+    output = Output(json_path == "-", quiet)
+    reports = eval_bundles(paths, progress=output.progress(), prompts=prompts, seeds=seeds, steps=steps, checkpoint=checkpoint,
+                           max_drop=None if max_drop is None else max_drop / 100.0)
     for r in reports:
         output.print(r.table())
     data = [r.to_json() for r in reports]

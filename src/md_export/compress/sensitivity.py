@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 
 def analyze(component: ComponentPlan, feeds: list[dict[str, np.ndarray]], target: str = "coreml",
-            bits: tuple[int, ...] | None = None) -> list[LayerScore]:
+            bits: tuple[int, ...] | None = None, only: Sequence[str] | None = None) -> list[LayerScore]:
+    """Each layer (or each of `only`, by module name) compressed alone at every bit width, the
+    component's worst PSNR over `feeds` against its uncompressed output. Layers are independent,
+    so `only` splits the work into pieces that give the same scores (md_export.sweep.sensitivity)."""
     bits = bits or (PALETTE_BITS if target == "coreml" else TFLITE_BITS)
     fn = palettized if target == "coreml" else int_quantized
     module = component.module
@@ -74,7 +78,10 @@ def analyze(component: ComponentPlan, feeds: list[dict[str, np.ndarray]], target
 
     ref = run()
     out = []
+    wanted = None if only is None else set(only)
     for name, layer in layers(module):
+        if wanted is not None and name not in wanted:
+            continue
         original = layer.weight.data.clone()
         scores = {}
         for b in bits:

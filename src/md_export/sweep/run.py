@@ -451,7 +451,7 @@ def run_sweep(spec: SweepSpec, out: Path, ray: str | None = None, *, num_cpus: i
     from .report import write_report
 
     out = Path(out)
-    backend, address = _ray_mode(ray)
+    backend, address = ray_mode(ray)
     cli = md_export_cli()
     num_cpus = num_cpus or spec.resources.num_cpus or os.cpu_count() or 1
     with sweep_lock(out):
@@ -515,7 +515,7 @@ def run_sweep(spec: SweepSpec, out: Path, ray: str | None = None, *, num_cpus: i
     return SweepResult(out, ordered, meta)
 
 
-def _ray_mode(ray: str | None) -> tuple[str, str | None]:
+def ray_mode(ray: str | None) -> tuple[str, str | None]:
     if ray is None or ray == "":
         return "auto", None
     r = ray.strip()

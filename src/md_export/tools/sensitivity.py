@@ -18,8 +18,11 @@ ANALYSED_TARGETS = ("coreml", "tflite")  # the targets with a per-layer analysis
 
 def run_sensitivity(checkpoint: Path | None, target: str, out: Path, components: list[str], average_bits: float | None,
                     samples: int, progress: Progress | None = None,
-                    on_written: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+                    on_written: Callable[[str, dict], None] | None = None, analyze: Callable | None = None) -> dict[str, dict]:
+    """`analyze(component, feeds, target)`: scores every layer (default: one after another here;
+    md_export.sweep.sensitivity.ray_analyzer fans the layers out as Ray tasks, same scores)."""
     progress = progress or Progress()
+    analyze = analyze or S.analyze
     if target not in ANALYSED_TARGETS:
         raise InputError(f"--target {target}: use coreml or tflite")
     ckpt = Checkpoint.open(checkpoint)
@@ -34,7 +37,7 @@ def run_sensitivity(checkpoint: Path | None, target: str, out: Path, components:
     for n in names:
         with progress.stage(n, "sensitivity", target):
             feeds = calibration_feeds(plan.components[n], context, limit=samples)
-            data = S.recipe_json(n, target, S.analyze(plan.components[n], feeds, target), average_bits)
+            data = S.recipe_json(n, target, analyze(plan.components[n], feeds, target), average_bits)
             j, p = S.write(out, data)
         written[n] = {"json": str(j), "png": str(p), "layers": len(data["layers"]),
                       **({"average_bits": data["mixed_bit"]["average_bits"]} if average_bits else {})}

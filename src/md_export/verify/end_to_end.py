@@ -23,12 +23,12 @@ DIFFUSERS_SCHEDULERS = {
 }
 
 
-def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int, seed: int, guidance_scale: float) -> np.ndarray:
-    """The diffusers pipeline's image for the reference components, as [1, 3, H, W] in [-1, 1]."""
+def reference_pipeline(plan, ckpt, pipe_cfg: dict, bundle):
+    """The diffusers pipeline over the reference components (fp32 PyTorch, no rewrites), with the
+    bundle's scheduler and tokenizer, progress bar off."""
     import diffusers
     from transformers import CLIPTokenizer
 
-    pipe_cfg = manifest["pipeline"]
     sched_cls = getattr(diffusers, DIFFUSERS_SCHEDULERS[pipe_cfg["scheduler"]])
     scheduler = sched_cls.from_config(read_json(bundle / "scheduler.json"))
     folder = (bundle / pipe_cfg["tokenizer"].get("vocab", "tokenizer/vocab.json")).parent
@@ -42,6 +42,11 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
     else:
         pipe = diffusers.StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_reference(pipe, pipe_cfg: dict, prompt: str, steps: int, seed: int, guidance_scale: float) -> np.ndarray:
+    """One image of the reference pipeline, as [1, 3, H, W] in [-1, 1]."""
     with torch.no_grad():
         out = pipe(
             prompt,
@@ -53,6 +58,12 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
             output_type="np",
         ).images
     return (np.transpose(out, (0, 3, 1, 2)) * 2.0 - 1.0).astype(np.float32)
+
+
+def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int, seed: int, guidance_scale: float) -> np.ndarray:
+    """The diffusers pipeline's image for the reference components, as [1, 3, H, W] in [-1, 1]."""
+    pipe_cfg = manifest["pipeline"]
+    return run_reference(reference_pipeline(plan, ckpt, pipe_cfg, bundle), pipe_cfg, prompt, steps, seed, guidance_scale)
 
 
 def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict, steps, seed, report) -> Check:
