@@ -57,11 +57,13 @@ def test_statuses_errors_and_skips(fake, tmp_path, monkeypatch, capsys):
     assert [rows[k]["status"] for k in ("none", "fp16", "int8", "int4")] == ["pass", "pass", "failed", "below-floor"]
     assert rows["int8"]["exit_code"] == 2 and rows["int8"]["error"] == "md-export: error: --quantize int8: forced failure"
     assert rows["none"]["bytes"] == 4000 and rows["fp16"]["ideal_bytes"] == 1000 and rows["fp16"]["models"]["unet"]["psnr"] == 60.0
-    assert rows["none"]["psnr_end_to_end"] == 115.0 and rows["none"]["eval"] == "not available"
+    assert rows["none"]["psnr_end_to_end"] == 115.0 and rows["none"]["eval"] == "pass"
+    assert rows["fp16"]["prompt_accuracy"] == 1.0 and rows["none"]["reference_prompt_accuracy"] == 1.0
+    assert rows["int4"]["eval"] == "not applicable" and rows["int4"]["status"] == "below-floor"  # eval does not change a status
     assert rows["none"]["export_peak_rss_bytes"] > 1e6 and rows["none"]["export_s"] > 0 and rows["none"]["check_s"] > 0
     assert data["counts"] == {"pass": 2, "below-floor": 1, "exported": 0, "failed": 1}
     md = (out / "sweep.md").read_text()
-    assert "forced failure" in md and "not available" in md and "| default/tflite-fp16 | pass | 0.00 |" in md
+    assert "forced failure" in md and "not applicable" in md and "100.0 % (100.0 %)" in md and "| default/tflite-fp16 | pass | 0.00 |" in md
     for p in ("size_vs_quality.png", "time_per_cell.png"):
         assert (out / "plots" / p).stat().st_size > 1000
     # the bundle is in place, and every path recorded names the final folder, not the staging one

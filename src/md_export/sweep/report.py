@@ -17,8 +17,8 @@ SCHEMA_VERSION = 1
 PLOTS = ("size_vs_quality.png", "time_per_cell.png")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 COLORS = {"coreml": (31, 119, 180), "tflite": (255, 127, 14), "onnx": (44, 160, 44)}
-EVAL_NOTE = ("prompt accuracy (check.eval = true) is not available: md-export has no eval command yet; "
-             "each cell records eval as \"not available\"")
+EVAL_NOTE = ("prompt accuracy (check.eval = true): `md-export eval` of each bundle against the fp32 reference (shapes "
+             "vocabulary; \"not applicable\" for models not trained on it); it does not change a cell's status")
 
 
 def _num(x) -> float | None:
@@ -53,6 +53,8 @@ def row(rec: dict) -> dict:
         "export_s": e.get("wall_s"), "check_s": k.get("wall_s") if k else None,
         "export_peak_rss_bytes": e.get("peak_rss_bytes"), "check_peak_rss_bytes": k.get("peak_rss_bytes") if k else None,
         "eval": (rec.get("eval") or {}).get("status") if cell.get("check", {}).get("eval") else None,
+        "prompt_accuracy": (rec.get("eval") or {}).get("accuracy"),
+        "reference_prompt_accuracy": (rec.get("eval") or {}).get("reference_accuracy"),
         "hash": rec.get("hash"), "folder": f"{C.CELLS_DIR}/{rec.get('name')}",
     }
 
@@ -151,7 +153,9 @@ def markdown(data: dict) -> str:
                  + f" load average {data.get('load_average_start')} -> {data.get('load_average_end')}")
     lines += ["", ("Sizes in MB (1e6 bytes); PSNR in dB against the fp32 PyTorch reference; times in seconds;"
                    " peak RSS of the export child in MB."), ""]
-    head = ["cell", "status", "MB", "ideal MB", "ratio"] + [f"{c} dB" for c in comps] + ["e2e dB", "export s", "check s", "RSS MB", "hash"]
+    evals = any(r.get("eval") for r in rows)
+    head = (["cell", "status", "MB", "ideal MB", "ratio"] + [f"{c} dB" for c in comps] + ["e2e dB"]
+            + (["prompt accuracy (ref)"] if evals else []) + ["export s", "check s", "RSS MB", "hash"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
@@ -159,7 +163,7 @@ def markdown(data: dict) -> str:
         cells = [r["label"] or r["name"], status, _mb(r["bytes"]), _mb(r["ideal_bytes"]),
                  f"{r['ratio_to_ideal']:.2f}" if r["ratio_to_ideal"] else ""]
         cells += [_db((r["models"].get(c) or {}).get("psnr")) for c in comps]
-        cells += [_db(r["psnr_end_to_end"]), _s(r["export_s"]), _s(r["check_s"]),
+        cells += [_db(r["psnr_end_to_end"])] + ([_accuracy(r)] if evals else []) + [_s(r["export_s"]), _s(r["check_s"]),
                   _s(r["export_peak_rss_bytes"] / 1e6) if r["export_peak_rss_bytes"] else "", (r["hash"] or "")[:10]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     failed = [r for r in rows if r["status"] in ("failed", "not run")]
@@ -172,6 +176,13 @@ def markdown(data: dict) -> str:
         lines += ["", f"Note: {n}."]
     lines += ["", "![size vs quality](plots/size_vs_quality.png)", "", "![time per cell](plots/time_per_cell.png)", ""]
     return "\n".join(lines)
+
+
+def _accuracy(r: dict) -> str:
+    acc, ref = r.get("prompt_accuracy"), r.get("reference_prompt_accuracy")
+    if acc is None:
+        return r.get("eval") or ""
+    return f"{acc * 100:.1f} %" + (f" ({ref * 100:.1f} %)" if ref is not None else "") + (" below" if r.get("eval") == "below-floor" else "")
 
 
 # -- plots ----------------------------------------------------------------------------------------

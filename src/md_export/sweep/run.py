@@ -285,9 +285,29 @@ def _run_cell_in(task: CellTask, staging: Path, final: Path, record: dict) -> No
                           error=chk.error or error_line(staging / "check.log", chk.exit_code, chk.timed_out, cell.timeout_s))
             return
     if cell.check.get("eval"):
-        record["eval"] = {"status": "not available", "reason": "md-export has no eval command yet (prompt accuracy)"}
+        record["stage"] = "eval"
+        record["eval"] = _eval_cell(cell, bundle, staging, final, env, cli)
     record.update(status=status, exit_code=0, error=None)
     record.pop("stage", None)
+
+
+def _eval_cell(cell: C.Cell, bundle: Path, staging: Path, final: Path, env: dict, cli: list[str]) -> dict:
+    """`md-export eval` of the cell's bundle: prompt accuracy against the fp32 reference. A model not
+    trained on the shapes vocabulary is refused by eval (exit 2): "not applicable", the cell stands."""
+    cmd = [*cli, "eval", str(bundle), "--json", str(staging / "eval.json"), "-q"]
+    run = run_child(cmd, staging / "eval.out", staging / "eval.log", env, cell.timeout_s)
+    out = {**run.to_json(), "command": shlex.join(cmd).replace(str(staging), str(final))}
+    try:
+        (rep,) = json.loads((staging / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rep = None
+    if run.exit_code in (0, 1) and isinstance(rep, dict):
+        b, r = rep.get("bundle") or {}, rep.get("reference") or {}
+        status = "below-floor" if run.exit_code == 1 else b.get("status")
+        return {**out, "status": status, "accuracy": b.get("accuracy"), "reference_accuracy": r.get("accuracy"),
+                "pairs": b.get("pairs"), "level": rep.get("level")}
+    why = run.error or error_line(staging / "eval.log", run.exit_code, run.timed_out, cell.timeout_s)
+    return {**out, "status": "not applicable" if run.exit_code == 2 else "failed", "reason": why}
 
 
 def _ray_node() -> str | None:
