@@ -5,6 +5,7 @@ compress, chunk and write the bundle. This is the only place a component's preci
 from __future__ import annotations
 
 import copy
+import gc
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +16,8 @@ from md_export.capture.torch_export import capture
 from md_export.checkpoint.family import source_extras
 from md_export.checkpoint.folder import Checkpoint
 from md_export.components.plan import ComponentPlan, ExportPlan, attach_modules, count_parameters, make_plan
-from md_export.compress.apply import compress
+from md_export.compress.apply import compress, needs_calibration
+from md_export.compress.calibration import prerecord
 from md_export.compress.chunk import chunk_in_bundle
 from md_export.compress.size import ideal_bytes
 from md_export.config.options import ExportOptions
@@ -30,7 +32,7 @@ from md_export.core.names import COMPONENTS
 from md_export.core.progress import Progress
 from md_export.lower.base import LoweredModel, Lowerer, LowerOptions, get_lowerer
 from md_export.npu.compile import export_npu
-from md_export.rewrites.registry import apply_rewrites, lowering_extra, lowering_scope, resolve
+from md_export.rewrites.registry import lowering_extra, lowering_scope, resolve, rewrite_counts, rewrite_records
 
 
 NPU_PACK = "ai_pack"  # the AI Pack folder inside a TFLite bundle
@@ -44,6 +46,11 @@ class ExportResult:
 
 
 def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None = None) -> list[ExportResult]:
+    """Export every target, one component at a time: a component's reference module is loaded,
+    rewritten and captured once per rewrite set (targets asking for the same set share the
+    capture), lowered, compressed and hashed for each target, then released before the next
+    component is loaded, so the peak is that of one component, not of the pipeline. A target that
+    fails is dropped (nothing of it written) while the others finish; its error is raised at the end."""
     progress = progress or Progress()
     options = with_family_defaults(ckpt, options)
     check_options(options, ckpt)  # refuse before any heavy work: numbers, names, the output folder
@@ -56,35 +63,164 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                      with_encoder=options.with_encoder)  # configs only: a bad size is refused before a backend is imported
     lowerers = {t: get_lowerer(t) for t in options.targets}
     caveats = layout.check(options, ckpt, plan)
-    with progress.stage("components", "load"):
-        attach_modules(plan, ckpt)
-    captures: dict[tuple[str, ...], tuple[dict, list[dict]]] = {}
-    results = []
-    for target, lowerer in lowerers.items():
-        source = _source(ckpt, options, options.out / target)
-        rewrites = resolve(target, options.rewrites.get(target))
-        precisions = {n: component_precision(options, target, n, lowerer) for n in plan.components}
-        tplan = layout.plan(plan, precisions, plan.pipeline_json(ckpt))  # the components in the layout's IO
-        components, rewrite_records = _captured(tplan, rewrites, target, captures.setdefault(id(tplan), {}), progress)
-        with atomic_folder(options.out / layout.folder(target), options.force) as tmp:
-            models = {}
-            for name, (comp, ep) in components.items():
-                lowered = _lower(lowerer, comp, ep, tmp, options, target, rewrites, progress)
-                lowered = _compress(target, lowered, comp, _level(options, target, name), ckpt, plan, options, progress)
-                chunked = _chunk(target, lowered, comp, options, progress, layout.max_chunks)
-                if not chunked:
-                    lowered = replace(lowered, path=layout.place(lowered.path, name))
-                with progress.stage(name, "hash", target):
-                    models[name] = model_entry(target, comp, lowered, chunked)
-            layout.write_resources(tmp, ckpt)
-            manifest = _manifest(target, lowerer, options, tplan, ckpt, source, rewrite_records, models, layout, caveats)
-            write_manifest(tmp, manifest)
-            if target == "tflite" and options.npu:
-                manifest.npu = _compile_for_npu(tmp, options.npu, progress)
+    names = [n for n in COMPONENTS if n in plan.components]
+    rewrites = {t: resolve(t, options.rewrites.get(t)) for t in lowerers}
+    precisions = {t: {n: component_precision(options, t, n, lowerer) for n in names} for t, lowerer in lowerers.items()}
+    pipeline = plan.pipeline_json(ckpt)
+    if any(needs_calibration(t, _level(options, t, n)) for t in lowerers for n in names):
+        with progress.stage("components", "record calibration inputs"):  # needs the whole pipeline: before streaming
+            attach_modules(plan, ckpt)
+            prerecord(plan, ckpt)
+            _release(plan, names)
+    counts: dict[str, dict[str, dict[str, int]]] = {t: {} for t in lowerers}
+    models: dict[str, dict[str, ModelEntry]] = {t: {} for t in lowerers}
+    with _Staging({t: options.out / layout.folder(t) for t in lowerers}, options.force) as staging:
+        for name in names:
+            with progress.stage(name, "load"):
+                attach_modules(plan, ckpt, only=(name,))
+            groups = _rewrite_groups(rewrites, staging.alive())
+            for k, (key, targets) in enumerate(groups):
+                tcomp = layout.plan(plan, precisions[targets[0]], pipeline).components[name]
+                try:
+                    comp, changed = _rewritten(tcomp, key, targets[0], last_use=k == len(groups) - 1, progress=progress)
+                    with progress.stage(name, "capture", targets[0] if key else ""):
+                        ep = capture(comp)
+                except Exception as e:  # noqa: BLE001 - every target of this rewrite set fails, the others go on
+                    for t in targets:
+                        staging.fail(t, e)
+                    continue
+                for t in targets:
+                    _add_counts(counts[t], changed, name)
+                    try:
+                        models[t][name] = _export_component(t, lowerers[t], comp, ep, staging.folder(t), options, rewrites[t],
+                                                            ckpt, plan, layout, progress)
+                    except Exception as e:  # noqa: BLE001
+                        staging.fail(t, e)
+                del comp, ep
+            _release(plan, (name,))
+        results = []
+        for target in staging.alive():
+            tmp, lowerer = staging.folder(target), lowerers[target]
+            try:
+                records = rewrite_records(counts[target], rewrites[target], target, names)
+                tplan = layout.plan(plan, precisions[target], pipeline)
+                source = _source(ckpt, options, options.out / target)
+                layout.write_resources(tmp, ckpt)
+                manifest = _manifest(target, lowerer, options, tplan, ckpt, source, records, models[target], layout, caveats)
                 write_manifest(tmp, manifest)
-            layout.finish(tmp, manifest, options)
-        results.append(ExportResult(target, options.out / layout.folder(target), manifest.to_json()))
+                if target == "tflite" and options.npu:
+                    manifest.npu = _compile_for_npu(tmp, options.npu, progress)
+                    write_manifest(tmp, manifest)
+                layout.finish(tmp, manifest, options)
+            except Exception as e:  # noqa: BLE001
+                staging.fail(target, e)
+                continue
+            staging.commit(target)
+            results.append(ExportResult(target, options.out / layout.folder(target), manifest.to_json()))
+    staging.raise_first_failure()
     return results
+
+
+def _export_component(target: str, lowerer: Lowerer, comp: ComponentPlan, ep, tmp: Path, options: ExportOptions, rewrites,
+                      ckpt: Checkpoint, plan: ExportPlan, layout: Layout, progress: Progress) -> ModelEntry:
+    name = comp.name
+    lowered = _lower(lowerer, comp, ep, tmp, options, target, rewrites, progress)
+    lowered = _compress(target, lowered, comp, _level(options, target, name), ckpt, plan, options, progress)
+    chunked = _chunk(target, lowered, comp, options, progress, layout.max_chunks)
+    if not chunked:
+        lowered = replace(lowered, path=layout.place(lowered.path, name))
+    with progress.stage(name, "hash", target):
+        return model_entry(target, comp, lowered, chunked)
+
+
+class _Staging:
+    """One atomic folder per target, open together while the components stream through them.
+    fail(target) removes that target's folder now (the others go on); commit(target) renames it
+    into place; leaving the block on an exception (Ctrl-C, SIGTERM, a bug) removes all that remain."""
+
+    def __init__(self, folders: dict[str, Path], force: bool):
+        self.folders, self.force = folders, force
+        self.open: dict[str, tuple] = {}
+        self.failures: list[tuple[str, BaseException]] = []
+
+    def __enter__(self):
+        try:
+            for t, folder in self.folders.items():
+                cm = atomic_folder(folder, self.force)
+                self.open[t] = (cm, cm.__enter__())
+        except BaseException as e:
+            self._close_all(e)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._close_all(exc if exc is not None else RuntimeError("export ended before this target was written"))
+        return False
+
+    def alive(self) -> list[str]:
+        return [t for t in self.folders if t in self.open]
+
+    def folder(self, target: str) -> Path:
+        return self.open[target][1]
+
+    def fail(self, target: str, error: BaseException) -> None:
+        if target in self.open:
+            self._close(target, error)
+            self.failures.append((target, error))
+
+    def commit(self, target: str) -> None:
+        cm, _ = self.open.pop(target)
+        cm.__exit__(None, None, None)
+
+    def raise_first_failure(self) -> None:
+        if self.failures:
+            raise self.failures[0][1]
+
+    def _close(self, target: str, error: BaseException) -> None:
+        cm, _ = self.open.pop(target)
+        try:
+            cm.__exit__(type(error), error, error.__traceback__)  # removes the staging folder
+        except BaseException as raised:  # the generator re-raises the error it was given
+            if raised is not error:
+                raise
+
+    def _close_all(self, error: BaseException) -> None:
+        for t in list(self.open):
+            self._close(t, error)
+
+
+def _rewrite_groups(rewrites: dict, targets: list[str]) -> list[tuple[tuple[str, ...], list[str]]]:
+    """Targets grouped by the rewrite set they ask for, the unrewritten set first (it uses the
+    reference module as it is) so the last group can rewrite the reference in place."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for t in targets:
+        groups.setdefault(tuple(rewrites[t]), []).append(t)
+    return sorted(groups.items(), key=lambda kv: bool(kv[0]))
+
+
+def _rewritten(tcomp: ComponentPlan, key: tuple[str, ...], target: str, last_use: bool, progress: Progress):
+    """The component with `key`'s rewrites applied: the reference itself when there are none;
+    rewritten in place when no later rewrite set needs the reference; else a copy."""
+    if not key:
+        return tcomp, {}
+    module = tcomp.module if last_use else copy.deepcopy(tcomp.module)
+    with progress.stage(tcomp.name, f"rewrite ({', '.join(key)})", target):
+        changed = rewrite_counts({tcomp.name: module}, list(key), target)
+    return replace(tcomp, module=module), changed
+
+
+def _add_counts(total: dict[str, dict[str, int]], changed: dict[str, dict[str, int]], component: str) -> None:
+    for rewrite, per in changed.items():
+        total.setdefault(rewrite, {})[component] = per.get(component, 0)
+
+
+def _release(plan: ExportPlan, names) -> None:
+    """Drop the reference modules of `names` (the VAE's two halves go together) and collect them."""
+    for n in names:
+        for m in (("vae_decoder", "vae_encoder") if n.startswith("vae_") else (n,)):
+            if m in plan.components:
+                plan.components[m].module = None
+    gc.collect()
 
 
 # -- precision and levels: decided here only ----------------------------------------------------------
@@ -162,28 +298,6 @@ def _wants_chunks(options: ExportOptions, package: Path) -> bool:
     if options.chunk_unet:
         return True
     return options.chunk_over_mb is not None and path_bytes(package) > options.chunk_over_mb * 1_000_000
-
-
-# -- rewrite and capture, once per rewrite set --------------------------------------------------------
-
-
-def _captured(plan: ExportPlan, names, target: str, cache: dict, progress: Progress):
-    """Components with a target's rewrites applied, each captured once. Targets asking for the
-    same rewrites share one capture; rewrites work on copies, never on the reference modules."""
-    key = tuple(names)
-    if key not in cache:
-        comps = {n: plan.components[n] for n in COMPONENTS if n in plan.components}
-        records: list[dict] = []
-        if key:
-            comps = {n: replace(c, module=copy.deepcopy(c.module)) for n, c in comps.items()}
-            with progress.stage("components", f"rewrite ({', '.join(key)})", target):
-                records = apply_rewrites({n: c.module for n, c in comps.items()}, names, target)
-        captured = {}
-        for n, c in comps.items():
-            with progress.stage(n, "capture", target if key else ""):
-                captured[n] = (c, capture(c))
-        cache[key] = (captured, records)
-    return cache[key]
 
 
 # -- the manifest ------------------------------------------------------------------------------------

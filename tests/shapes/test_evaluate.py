@@ -90,8 +90,6 @@ def test_vocabulary_marker(tmp_path):
         require_vocabulary(bundle)
 
 
-@pytest.mark.xfail(strict=True, reason="#12: the trained default model (weights + training_report.json) is not committed yet; "
-                   "the bundled default is still the random-weight one")
 def test_the_bundled_default_model_declares_shapes_and_fits_10_mb():
     assert vocabulary_of(DEFAULT_MODEL) == VOCABULARY
     weights = sum(f.stat().st_size for f in DEFAULT_MODEL.rglob("*.safetensors"))

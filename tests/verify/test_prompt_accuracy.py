@@ -103,7 +103,7 @@ def test_a_bundle_that_draws_the_wrong_thing_fails_and_a_planted_symlink_is_not_
 def test_compressed_levels_are_measured_not_gated_unless_asked():
     fp16 = {"models": {"unet": {"precision": "fp16"}, "vae_decoder": {"precision": "fp32"}}}
     int8 = {"models": {"unet": {"precision": "fp16", "compression": "int8"}, "text_encoder": {"compression": "fp16"}}}
-    assert bundle_level({"models": {"unet": {}}}) == "fp32"
+    assert bundle_level({"models": {"unet": {}}}) == "fp32" and bundle_level({"models": {"unet": {"compression": "none"}}}) == "fp32"
     assert bundle_level(fp16) == "fp16" and bundle_level(int8) == "int8"
     report = AccuracyReport(Path("b"), "tflite", "int8", 1, [0], 20, 7.5, accuracy=0.5, reference_accuracy=1.0, max_drop=None)
     assert report.status == "measured" and report.exit_code() == 0

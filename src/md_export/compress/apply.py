@@ -37,6 +37,15 @@ def compress(target: str, lowered: LoweredModel, component: ComponentPlan, level
     return result
 
 
+def needs_calibration(target: str, level: str | None) -> bool:
+    """Whether compressing at `level` reads inputs recorded from the reference pipeline (activation
+    ranges of w8a8, layer scores of mixed-bit, the fp16 overflow guard of ONNX)."""
+    if level in ("", "none", None):
+        return False
+    kind = parse_level(target, level).kind
+    return kind in ("w8a8", "mixed-bit") or (target == "onnx" and kind == "fp16")
+
+
 def result_bits(result: LoweredModel, lv: Level) -> float:
     return float(getattr(result, "size", {}).get("bits", lv.bits)) if getattr(result, "size", None) else lv.bits
 

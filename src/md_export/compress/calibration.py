@@ -51,6 +51,13 @@ def record(plan, ckpt, prompts: list[str] | None = None, steps: int = DEFAULT_ST
     return sinks
 
 
+def prerecord(plan, ckpt) -> None:
+    """Record the calibration inputs of `plan` now, while all its reference modules are loaded; an
+    export that then loads one component at a time finds them in calibration_feeds."""
+    _RECORDED.clear()
+    _RECORDED[id(plan)] = (plan, record(plan, ckpt))
+
+
 def calibration_feeds(component: ComponentPlan, context: dict, limit: int = 16) -> list[dict[str, np.ndarray]]:
     """Recorded inputs of one component, shared by every component of an export (cached in the
     context); falls back to seeded example inputs when no checkpoint is at hand."""
@@ -59,6 +66,9 @@ def calibration_feeds(component: ComponentPlan, context: dict, limit: int = 16) 
     if not cache and plan is not None and context.get("checkpoint") is not None:
         held = _RECORDED.get(id(plan))
         if held is None or held[0] is not plan:  # one pipeline run per export, shared by its components
+            missing = [n for n, c in plan.components.items() if c.module is None and n != "vae_encoder"]
+            if missing:  # a streaming export must prerecord() while every module is loaded
+                raise RuntimeError(f"calibration: the reference {', '.join(missing)} is not loaded and nothing was recorded")
             held = (plan, record(plan, context["checkpoint"]))
             _RECORDED.clear()
             _RECORDED[id(plan)] = held

@@ -159,16 +159,28 @@ def apply_rewrites(modules: dict[str, nn.Module], names, target: str) -> list[di
 
     A requested rewrite that matches nothing is an error; one that came from the target's
     defaults (implicit in the selection) and does not apply to this model is recorded with changed = {}."""
-    records = []
+    return rewrite_records(rewrite_counts(modules, names, target), names, target, list(modules))
+
+
+def rewrite_counts(modules: dict[str, nn.Module], names, target: str) -> dict[str, dict[str, int]]:
+    """Apply each rewrite to the given components, in run order: {rewrite: {component: changes}}.
+    No check that a rewrite matched: an export that rewrites one component at a time adds the
+    counts up and checks them once (rewrite_records)."""
+    return {n: {comp: int(REGISTRY[n].apply(comp, m)) for comp, m in modules.items()} for n in resolve(target, names).names}
+
+
+def rewrite_records(counts: dict[str, dict[str, int]], names, target: str, components: list[str]) -> list[dict]:
+    """One record per rewrite from the counts over all components; a requested rewrite that
+    matched nothing in any of them is an error."""
     selection = resolve(target, names)
+    records = []
     for n in selection.names:
         rw = REGISTRY[n]
-        counts = {comp: int(rw.apply(comp, m)) for comp, m in modules.items()}
-        total = sum(counts.values())
-        if total == 0 and n not in selection.implicit:
+        changed = {k: v for k, v in counts.get(n, {}).items() if v}
+        if not changed and n not in selection.implicit:
             why = f": {rw.no_match}" if rw.no_match else ""
-            raise InputError(f"rewrite '{n}' matched nothing in {', '.join(modules)} for {target}{why}")
-        records.append({"name": n, "keeps_numerics": rw.keeps_numerics, "changed": {k: v for k, v in counts.items() if v}})
+            raise InputError(f"rewrite '{n}' matched nothing in {', '.join(components)} for {target}{why}")
+        records.append({"name": n, "keeps_numerics": rw.keeps_numerics, "changed": changed})
     return records
 
 

@@ -45,7 +45,7 @@ def bundle_level(manifest: dict) -> str:
     """The bundle's compression level as the floors see it: 'fp32' or 'fp16' when no model is
     compressed beyond its precision, else the models' compressions joined ('int8', 'w8a8+fp16', ...)."""
     models = manifest["models"].values()
-    compressions = sorted({str(m.get("compression")) for m in models if m.get("compression") not in (None, "", "fp16", "fp32")})
+    compressions = sorted({str(m.get("compression")) for m in models if m.get("compression") not in (None, "", "none", "fp16", "fp32")})
     if compressions:
         return "+".join(compressions)
     return "fp16" if any(m.get("precision") == "fp16" for m in models) else "fp32"

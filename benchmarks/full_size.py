@@ -1,0 +1,172 @@
+"""Full-size export and check: time and peak RSS per stage, each command its own process under
+/usr/bin/time -v, on random-weight pipelines built from the published configs.
+
+    python benchmarks/full_size.py --work /tmp/full -o benchmarks/full_size.json               # SD 1.5 and MobileDiffusion
+    python benchmarks/full_size.py --work /tmp/full --families sd15 --stages export-coreml
+    python benchmarks/full_size.py --work /tmp/full --peer "python -m python_coreml_stable_diffusion.torch2coreml \\
+        --model-version {checkpoint} --convert-unet --convert-text-encoder --convert-vae-decoder -o {work}/peer"
+    python benchmarks/full_size.py --table benchmarks/full_size.json --chart benchmarks/full_size.png
+
+Stages (per family): init (md-export init FAMILY --size full), export-coreml, export-tflite,
+export (both targets in one command, the issue's target), check (both bundles, 2 samples, end to end
+at the family's default steps). --peer runs a second command on the same checkpoint in the same run
+and prints the ratio of times and peaks. One heavy job at a time: run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ("init", "export-coreml", "export-tflite", "export", "check")
+TARGETS = {"sd15": {"rss_gb": 6.0, "export_s": 360.0, "check_s": 600.0}, "mobilediffusion": {"rss_gb": 4.0}}
+
+
+def md_export() -> list[str]:
+    exe = Path(sys.executable).with_name("md-export")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from md_export.cli.app import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run under /usr/bin/time -v: wall, user, sys seconds, peak RSS bytes, exit code."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    sys_ = re.search(r"System time \(seconds\): ([\d.]+)", text)
+    tail = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("\t")][-3:]
+    return {"command": shlex.join(cmd), "exit": proc.returncode, "wall_s": round(wall, 1),
+            "user_s": float(user.group(1)) if user else None, "sys_s": float(sys_.group(1)) if sys_ else None,
+            "peak_rss_bytes": int(peak.group(1)) * 1024 if peak else None, "tail": tail, "log": str(log)}
+
+
+def run_family(family: str, work: Path, stages: list[str], peer: str | None) -> list[dict]:
+    ckpt = work / f"{family}-full"
+    rows = []
+
+    def stage(name: str, cmd: list[str]):
+        print(f"[{family}] {name}: {shlex.join(cmd)}", flush=True)
+        r = {"family": family, "stage": name, **timed(cmd, work / f"{family}-{name}.log")}
+        rows.append(r)
+        print(f"[{family}] {name}: exit {r['exit']}, {r['wall_s']} s, peak {(r['peak_rss_bytes'] or 0) / 2**30:.2f} GiB", flush=True)
+        return r
+
+    base = md_export()
+    if "init" in stages or not ckpt.exists():
+        stage("init", [*base, "init", family, "--size", "full", "-o", str(ckpt), "--force"])
+    for target in ("coreml", "tflite"):
+        if f"export-{target}" in stages:
+            out = work / f"{family}-{target}"
+            shutil.rmtree(out, ignore_errors=True)
+            stage(f"export-{target}", [*base, target, str(ckpt), "-o", str(out), "--no-check", "--force", "-q"])
+    out = work / f"{family}-both"
+    if "export" in stages:
+        shutil.rmtree(out, ignore_errors=True)
+        stage("export", [*base, "export", str(ckpt), "-o", str(out), "--targets", "coreml,tflite", "--no-check", "--force", "-q"])
+    if "check" in stages and out.exists():
+        stage("check", [*base, "check", str(out), "--samples", "2", "-q", "--json", str(work / f"{family}-check.json")])
+    if peer:
+        cmd = shlex.split(peer.format(checkpoint=ckpt, work=work))
+        r = stage("peer", cmd)
+        mine = next((x for x in rows if x["stage"] == "export-coreml"), None)
+        if mine and r["exit"] == 0 and mine["exit"] == 0:
+            r["ratio_vs_export_coreml"] = {"wall": round(mine["wall_s"] / r["wall_s"], 3),
+                                           "peak_rss": round((mine["peak_rss_bytes"] or 0) / (r["peak_rss_bytes"] or 1), 3)}
+            print(f"[{family}] md-export / peer: time x{r['ratio_vs_export_coreml']['wall']}, "
+                  f"peak x{r['ratio_vs_export_coreml']['peak_rss']}", flush=True)
+    return rows
+
+
+def verdict(r: dict) -> str:
+    t = TARGETS.get(r["family"], {})
+    if r["exit"] != 0:
+        return f"exit {r['exit']}"
+    notes = []
+    gb = (r["peak_rss_bytes"] or 0) / 1e9
+    if "rss_gb" in t and r["stage"] in ("export", "check", "export-coreml", "export-tflite"):
+        want = t["rss_gb"]
+        notes.append(f"peak {'met' if gb <= want else f'missed by {gb - want:.1f} GB'} (<= {want:g} GB)")
+    limit = t.get("export_s") if r["stage"] == "export" else t.get("check_s") if r["stage"] == "check" else None
+    if limit:
+        wall = r["wall_s"]
+        notes.append(f"time {'met' if wall <= limit else f'missed by {wall - limit:.0f} s'} (<= {limit:g} s)")
+    return "; ".join(notes)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| family | stage | exit | wall s | user s | peak RSS GB | against the target |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['stage']} | {r['exit']} | {r['wall_s']} | {r.get('user_s')} | "
+                     f"{(r['peak_rss_bytes'] or 0) / 1e9:.2f} | {verdict(r)} |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["stage"] != "init"]
+    labels = [f"{r['family']}\n{r['stage']}" for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    a.bar(labels, [r["wall_s"] / 60 for r in rows], color="tab:blue")
+    a.set_ylabel("wall time, min")
+    b.bar(labels, [(r["peak_rss_bytes"] or 0) / 1e9 for r in rows], color="tab:orange")
+    b.set_ylabel("peak RSS, GB")
+    for fam, t in TARGETS.items():
+        if "rss_gb" in t:
+            b.axhline(t["rss_gb"], linestyle="--", color="grey" if fam == "sd15" else "red", label=f"{fam} target {t['rss_gb']:g} GB")
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    a.set_title("Full size: wall time per command")
+    b.set_title("Full size: peak RSS per command (/usr/bin/time -v)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--families", default="sd15,mobilediffusion")
+    ap.add_argument("--stages", default=",".join(STAGES[1:]), help=f"comma list of {', '.join(STAGES)}")
+    ap.add_argument("--peer", help="a second command, {checkpoint} and {work} filled in, run in the same session")
+    ap.add_argument("-o", "--out", type=Path, help="JSON results (appended to when it exists)")
+    ap.add_argument("--table", type=Path)
+    ap.add_argument("--chart", type=Path)
+    args = ap.parse_args(argv)
+    if args.table:
+        rows = json.loads(args.table.read_text())["rows"]
+        print(table(rows))
+        if args.chart:
+            chart(rows, args.chart)
+        return 0
+    if not args.work:
+        ap.error("give --work (or --table)")
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for fam in args.families.split(","):
+        rows += run_family(fam, args.work, args.stages.split(","), args.peer if fam == "sd15" else None)
+    if args.out:
+        old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+        args.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "date": time.strftime("%Y-%m-%d"),
+                                        "rows": old + rows}, indent=2) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
