@@ -9,7 +9,7 @@ import SwiftUI
 /// App state: the loaded bundle, the generation settings, progress and the result.
 @MainActor
 final class DemoModel: ObservableObject {
-    @Published var prompt = "a photo of an astronaut riding a horse on mars"
+    @Published var prompt = "a red circle on a blue background"  // in the vocabulary of md-export's default model
     @Published var negativePrompt = ""
     @Published var steps = 20
     @Published var seed = 42  // Int: SwiftUI's `.number` format style is for Int

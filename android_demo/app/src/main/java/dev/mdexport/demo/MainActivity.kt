@@ -84,7 +84,7 @@ class MainActivity : Activity() {
 
         col.addView(label("Prompt"))
         prompt = EditText(this).apply {
-            setText("a photo of an astronaut riding a horse on mars")
+            setText("a red circle on a blue background")  // in the vocabulary of md-export's default model
             inputType = InputType.TYPE_CLASS_TEXT or InputType.TYPE_TEXT_FLAG_MULTI_LINE
         }
         col.addView(prompt)
