@@ -35,13 +35,13 @@ def main(argv=None) -> int:
     from md_export.verify.check import tokenizer_folder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", type=Path, help="a folder of bundles (out/)")
+    ap.add_argument("bundles", type=Path, nargs="+", help="bundles, or folders of bundles (out/)")
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     columns = [("reference (PyTorch fp32)", reference_generate_fn(default_model_dir()))]
-    for bundle in find_bundles(args.bundles):
+    for bundle in [b for p in args.bundles for b in find_bundles(p)]:
         manifest = read_manifest(bundle)
         models, pipe = open_bundle(bundle, manifest)
         tok = ClipTokenizer.from_folder(tokenizer_folder(bundle, manifest), pad_token_id=pipe["tokenizer"].get("pad_token_id"))

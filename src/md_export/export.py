@@ -53,9 +53,10 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
     fails is dropped (nothing of it written) while the others finish; its error is raised at the end."""
     progress = progress or Progress()
     options = with_family_defaults(ckpt, options)
-    check_options(options, ckpt)  # refuse before any heavy work: numbers, names, the output folder
-    validate_names(options)
     layout = get_layout(options.layout)
+    # refuse before any heavy work: numbers, names, the output folders of this layout
+    check_options(options, ckpt, folders=[layout.folder(t) for t in options.targets])
+    validate_names(options)
     for t in options.targets:  # refuse before any heavy work (the layout names the folder)
         if (options.out / layout.folder(t)).exists() and not options.force:
             raise InputError(f"{options.out / layout.folder(t)}: already exists; pass --force to replace it")

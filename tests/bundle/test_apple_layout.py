@@ -347,3 +347,15 @@ def test_export_options_default_layout_is_unchanged():
     assert ExportOptions().layout == "md-export" and get_layout(None).folder("coreml") == "coreml"
     assert get_layout("apple").folder("coreml") == "coreml-apple"
     assert replace(ExportOptions(), layout="apple").layout == "apple"
+
+
+def test_the_apple_folder_is_checked_before_any_work(tmp_path):
+    """check_options looks at OUT/coreml-apple, the folder this layout writes, not OUT/coreml."""
+    from md_export.checkpoint.folder import Checkpoint
+    from md_export.config.options import ExportOptions
+    from md_export.core.errors import InputError
+    from md_export.export import export
+
+    (tmp_path / "coreml-apple").write_text("not a folder")
+    with pytest.raises(InputError, match="coreml-apple exists and is not a folder"):
+        export(Checkpoint.open(None), ExportOptions(out=tmp_path, targets=("coreml",), layout="apple", command="pytest"))

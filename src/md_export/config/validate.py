@@ -24,7 +24,7 @@ def _positive(flag: str, value, what: str = "a positive integer") -> None:
         raise InputError(f"{flag} {value}: use {what}")
 
 
-def check_options(options, ckpt=None, inputs=()) -> None:
+def check_options(options, ckpt=None, inputs=(), folders=None) -> None:
     """An ExportOptions (duck-typed: config.options imports the rewrite registry): numbers in range,
     names known, the output folder writable and not holding an input (`inputs`: paths given on the
     command line; with `ckpt`, its folders too). With `ckpt`, also the checks that need its
@@ -53,7 +53,8 @@ def check_options(options, ckpt=None, inputs=()) -> None:
         for model, db in floors.items():
             if not (isinstance(db, (int, float)) and math.isfinite(db)):
                 raise InputError(f"{target} parity floor {model}={db}: use a finite PSNR in dB")
-    check_output(options.out, options.targets, options.force, [*map(Path, inputs), *_inputs(ckpt)])
+    # folders: the bundle folder of each target in the chosen layout (coreml-apple for --layout apple)
+    check_output(options.out, folders if folders is not None else options.targets, options.force, [*map(Path, inputs), *_inputs(ckpt)])
 
 
 def _train_steps(ckpt) -> int:
