@@ -445,6 +445,29 @@ def train_diffusion(run: Run, cache: dict):
 # output
 
 
+SD_SCALING = 0.18215
+
+
+def with_sd_scaling(vae, target: float = SD_SCALING):
+    """The same autoencoder with SD's latent scaling factor: its latents are multiplied by
+    k = scaling_factor / target (quant_conv's mean rows times k, its log-variance bias plus 2 ln k,
+    post_quant_conv's weights over k), so latents * target equals the trained latents *
+    scaling_factor and the UNet sees exactly what it was trained on. Apps that assume 0.18215, like
+    the CLI of Apple's Swift package, then decode the default model correctly."""
+    import math
+
+    k = float(vae.config.scaling_factor) / target
+    qc, pqc = vae.quant_conv, vae.post_quant_conv
+    c = qc.out_channels // 2
+    with torch.no_grad():
+        qc.weight[:c] *= k
+        qc.bias[:c] *= k
+        qc.bias[c:] += 2.0 * math.log(k)
+        pqc.weight /= k
+    vae.register_to_config(scaling_factor=target)
+    return vae
+
+
 def write_pipeline(run: Run, out: Path, command: str):
     from diffusers import EulerDiscreteScheduler
 
@@ -454,7 +477,7 @@ def write_pipeline(run: Run, out: Path, command: str):
     # fp16 on disk keeps the package small; md-export and diffusers load it as fp32
     copy.deepcopy(run.ema_unet).to(torch.float16).save_pretrained(out / "unet")
     copy.deepcopy(run.ema_text).to(torch.float16).save_pretrained(out / "text_encoder")
-    copy.deepcopy(run.vae).to(torch.float16).save_pretrained(out / "vae")
+    with_sd_scaling(copy.deepcopy(run.vae)).to(torch.float16).save_pretrained(out / "vae")
     EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
     if (out / "tokenizer").resolve() != TOKENIZER_DIR.resolve():
         shutil.copytree(TOKENIZER_DIR, out / "tokenizer", dirs_exist_ok=True)
@@ -482,7 +505,8 @@ def write_pipeline(run: Run, out: Path, command: str):
     s = run.s
     report = {
         "vocabulary": VOCABULARY,
-        "command": command,
+        "command": run.s.get("command", command),
+        **({"written_by": command} if run.s.get("command", command) != command else {}),
         "seed": run.args.seed,
         "options": {k: _portable(v) if isinstance(v, Path) else v for k, v in vars(run.args).items()},
         "threads": torch.get_num_threads(),
@@ -500,7 +524,8 @@ def write_pipeline(run: Run, out: Path, command: str):
         "final_losses": s["losses"],
         "loss_history": s["history"],
         "evals_during_training": s["evals"],
-        "vae_scaling_factor": float(run.vae.config.scaling_factor),
+        "vae_scaling_factor": SD_SCALING,
+        "vae_scaling_factor_trained": float(run.vae.config.scaling_factor),  # folded into the VAE's weights (with_sd_scaling)
         "vae_reconstruction_accuracy": s.get("vae_reconstruction_accuracy"),
         "parameters": {"unet": n_params(run.unet), "text_encoder": n_params(run.text_encoder), "vae": n_params(run.vae)},
         "bytes_fp16_safetensors": sizes | {"total": sum(sizes.values())},
@@ -561,6 +586,9 @@ def main(argv=None):
         raise SystemExit(f"{run.state_path} exists: pass --resume to continue it, or use another --work")
     elif args.reuse_vae:
         run.reuse_vae(args.reuse_vae)
+    if "command" not in run.s:  # the command that trained the weights (a state from before this was recorded: its report's)
+        old = args.out / "training_report.json"
+        run.s["command"] = json.loads(old.read_text()).get("command", command) if args.resume and old.is_file() else command
     print(
         f"parameters: unet {n_params(run.unet):,}, text encoder {n_params(run.text_encoder):,}, vae {n_params(run.vae):,}; "
         f"threads {torch.get_num_threads()}",
