@@ -36,7 +36,7 @@ def md_export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True)
 
 
-def measure(work: Path, targets: list[str], levels: set[str] | None = None) -> list[dict]:
+def measure(work: Path, targets: list[str], levels: set[str] | None = None, seeds: int = 2) -> list[dict]:
     rows = []
     for target in targets:
         for level in LEVELS[target]:
@@ -65,12 +65,13 @@ def measure(work: Path, targets: list[str], levels: set[str] | None = None) -> l
             row["psnr"] = {c["model"]: c.get("psnr") for c in parity.get("checks", [])}
             row["parity_status"] = {c["model"]: c["status"] for c in parity.get("checks", [])}
             t0 = time.perf_counter()
-            evaluated = md_export("eval", str(bundle), "-q", "--json", str(out / "eval.json"))
+            evaluated = md_export("eval", str(bundle), "-q", "--seeds", str(seeds), "--json", str(out / "eval.json"))
             row["eval_exit"], row["eval_seconds"] = evaluated.returncode, round(time.perf_counter() - t0, 1)
             if (out / "eval.json").is_file():
                 (rep,) = json.loads((out / "eval.json").read_text())
                 row |= {"accuracy": rep["bundle"]["accuracy"], "reference_accuracy": rep["reference"]["accuracy"],
-                        "eval_status": rep["bundle"]["status"], "wrong": rep["wrong"]["bundle"], "steps": rep["steps"]}
+                        "eval_status": rep["bundle"]["status"], "wrong": rep["wrong"]["bundle"], "steps": rep["steps"],
+                        "pairs": rep["bundle"]["pairs"]}
             else:
                 row["error"] = (evaluated.stderr.strip().splitlines() or ["?"])[-1]
             rows.append(row)
@@ -109,7 +110,8 @@ def chart(rows: list[dict], path: Path) -> None:
     if ref is not None:
         ax_acc.axhline(ref * 100, color="grey", linestyle="--", label="fp32 PyTorch reference")
         ax_acc.axhline(90, color="red", linestyle=":", label="reference floor (90 %)")
-    ax_acc.set_ylabel("prompt accuracy, % of 48 (prompt, seed) pairs")
+    pairs = next((r.get("pairs") for r in rows if r.get("pairs")), None)
+    ax_acc.set_ylabel(f"prompt accuracy, % of {pairs or '?'} (prompt, seed) pairs")
     ax_acc.set_ylim(0, 105)
     ax_bytes.set_ylabel("UNet file, MB")
     for ax in (ax_acc, ax_bytes):
@@ -127,6 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, help="folder for the exported bundles")
     ap.add_argument("--targets", default="coreml,tflite,onnx")
     ap.add_argument("--levels", help="comma list: only these levels")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt for md-export eval (24 prompts)")
     ap.add_argument("-o", "--out", type=Path, help="JSON results to write")
     ap.add_argument("--table", type=Path, help="print the markdown table of this JSON results file")
     ap.add_argument("--chart", type=Path, help="with --table: also draw the PNG chart here")
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     if not args.work or not args.out:
         ap.error("give --work and -o (or --table)")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = measure(args.work, args.targets.split(","), set(args.levels.split(",")) if args.levels else None)
+    rows = measure(args.work, args.targets.split(","), set(args.levels.split(",")) if args.levels else None, args.seeds)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
     print(table(rows))
     return 0

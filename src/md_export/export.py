@@ -4,8 +4,10 @@ compress, chunk and write the bundle. This is the only place a component's preci
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,6 +145,15 @@ class _Staging:
         self.folders, self.force = folders, force
         self.open: dict[str, tuple] = {}
         self.failures: list[tuple[str, BaseException]] = []
+        self.committed = 0
+        # the output folders this export makes (-o out/new/ that did not exist): removed again when
+        # nothing is written, so a refused checkpoint leaves the tree as it was
+        self.made: list[Path] = []
+        for parent in {Path(f).parent for f in folders.values()}:
+            p = Path(os.path.abspath(parent))
+            while not p.exists() and p not in self.made:
+                self.made.append(p)
+                p = p.parent
 
     def __enter__(self):
         try:
@@ -156,6 +167,10 @@ class _Staging:
 
     def __exit__(self, exc_type, exc, tb):
         self._close_all(exc if exc is not None else RuntimeError("export ended before this target was written"))
+        if not self.committed:
+            for p in sorted(self.made, key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only if empty
         return False
 
     def alive(self) -> list[str]:
@@ -172,6 +187,7 @@ class _Staging:
     def commit(self, target: str) -> None:
         cm, _ = self.open.pop(target)
         cm.__exit__(None, None, None)
+        self.committed += 1
 
     def raise_first_failure(self) -> None:
         if self.failures:
