@@ -100,12 +100,21 @@ def chart(rows: list[dict], path: Path) -> None:
 
     fig, (ax_acc, ax_bytes) = plt.subplots(1, 2, figsize=(13, 4.8))
     colours = {"coreml": "tab:blue", "tflite": "tab:orange", "onnx": "tab:green"}
-    for target in LEVELS:
-        rs = [r for r in rows if r["target"] == target and "accuracy" in r]
-        if not rs:
-            continue
-        ax_acc.plot([r["level"] for r in rs], [r["accuracy"] * 100 for r in rs], "o-", color=colours[target], label=target)
-        ax_bytes.plot([r["level"] for r in rs], [r["unet_bytes"] / 1e6 for r in rs], "o-", color=colours[target], label=target)
+    order = ["fp32", "fp16", "int8", "w8a8", "int4-block32", "mixed:fc=int8,conv=fp16", "palettize-8", "palettize-6",
+             "palettize-4", "palettize-2", "mixed-bit:4.5"]
+    done = [r for r in rows if "accuracy" in r]
+    levels = [lv for lv in order if any(r["level"] == lv for r in done)]
+    width = 0.8 / len(LEVELS)
+    for k, target in enumerate(LEVELS):  # grouped bars: one group per level, one bar per format
+        rs = {r["level"]: r for r in done if r["target"] == target}
+        xs = [i + (k - 1) * width for i, lv in enumerate(levels) if lv in rs]
+        accs = [rs[lv]["accuracy"] * 100 for lv in levels if lv in rs]
+        ax_acc.bar(xs, accs, width, color=colours[target], label=target)
+        for x, a in zip(xs, accs):  # the value on every bar: a 0 % bar is otherwise invisible
+            ax_acc.text(x, a + 1, f"{a:.0f}", ha="center", fontsize=6)
+        ax_bytes.bar(xs, [rs[lv]["unet_bytes"] / 1e6 for lv in levels if lv in rs], width, color=colours[target], label=target)
+    for ax in (ax_acc, ax_bytes):
+        ax.set_xticks(range(len(levels)), levels)
     ref = next((r["reference_accuracy"] for r in rows if "reference_accuracy" in r), None)
     if ref is not None:
         ax_acc.axhline(ref * 100, color="grey", linestyle="--", label="fp32 PyTorch reference")

@@ -46,7 +46,8 @@ def main(argv=None) -> int:
         models, pipe = open_bundle(bundle, manifest)
         tok = ClipTokenizer.from_folder(tokenizer_folder(bundle, manifest), pad_token_id=pipe["tokenizer"].get("pad_token_id"))
         sched = json.loads((bundle / "scheduler.json").read_text())
-        level = sorted({m.get("compression") or m.get("precision") for m in manifest["models"].values()})
+        level = sorted({m.get("compression") if m.get("compression") not in (None, "none") else m.get("precision")
+                        for m in manifest["models"].values()})
 
         def fn(prompt, seed, models=models, pipe=pipe, tok=tok, sched=sched):
             return generate(models, pipe, tok, sched, prompt, seed=seed)
