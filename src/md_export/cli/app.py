@@ -450,27 +450,17 @@ def check_cmd(
         md-export check out/ --recipe mobilediffusion-ios
     """
     from md_export.config.recipe import load_recipe
-    from md_export.config.validate import probe_writable
     from md_export.verify.check import check_bundles
     from md_export.verify.floors import parse_overrides
 
-    if json_path and json_path != "-":  # a report that cannot be written is refused before the checks run
-        if Path(json_path).is_dir():
-            raise InputError(f"--json {json_path}: is a folder; give the file to write, e.g. {Path(json_path) / 'report.json'}")
-        probe_writable(Path(json_path).parent, "--json", json_path)
+    _refuse_unwritable_json(json_path, "report.json")
     output = Output(json_path == "-", quiet)
     overrides = parse_overrides(threshold)
     recipe_floors = {t: dict(r.parity) for t, r in load_recipe(recipe).target.items()} if recipe is not None else None
     reports = check_bundles(paths, progress=output.progress(), samples=samples, seed=seed, checkpoint=checkpoint,
                             thresholds=overrides, recipe_floors=recipe_floors, verify=not no_verify, allow_skip=allow_skip,
                             end_to_end=not no_e2e, e2e_steps=e2e_steps)
-    for r in reports:
-        output.print(r.table())
-    data = [r.to_json() for r in reports]
-    if json_path and json_path != "-":
-        Path(json_path).write_text(__import__("json").dumps(data, indent=2) + "\n", encoding="utf-8")
-    output.emit(data)
-    raise typer.Exit(max(r.exit_code() for r in reports))
+    _report(output, reports, json_path)
 
 
 @app.command("eval")
@@ -497,16 +487,27 @@ def eval_cmd(
         md-export eval out/
         md-export eval out/tflite --prompts 12 --seeds 1
     """
-    from md_export.config.validate import probe_writable
     from md_export.verify.prompt_accuracy import eval_bundles
 
-    if json_path and json_path != "-":
-        if Path(json_path).is_dir():
-            raise InputError(f"--json {json_path}: is a folder; give the file to write, e.g. {Path(json_path) / 'eval.json'}")
-        probe_writable(Path(json_path).parent, "--json", json_path)
+    _refuse_unwritable_json(json_path, "eval.json")
     output = Output(json_path == "-", quiet)
     reports = eval_bundles(paths, progress=output.progress(), prompts=prompts, seeds=seeds, steps=steps, checkpoint=checkpoint,
                            max_drop=None if max_drop is None else max_drop / 100.0)
+    _report(output, reports, json_path)
+
+
+def _refuse_unwritable_json(json_path: str | None, example: str) -> None:
+    """A --json report that cannot be written is refused before the run, not lost after it."""
+    from md_export.config.validate import probe_writable
+
+    if json_path and json_path != "-":
+        if Path(json_path).is_dir():
+            raise InputError(f"--json {json_path}: is a folder; give the file to write, e.g. {Path(json_path) / example}")
+        probe_writable(Path(json_path).parent, "--json", json_path)
+
+
+def _report(output, reports, json_path: str | None):
+    """Print each report's table, write --json, and exit with the worst report's code."""
     for r in reports:
         output.print(r.table())
     data = [r.to_json() for r in reports]
