@@ -173,14 +173,12 @@ class Checkpoint:
     def _load(self, what: str, loader, folder: Path):
         """Load one component through its library and check what was loaded (checkpoint.validate):
         missing, unused or mis-shaped tensors and NaN/Inf are refused by name, never random-initialised."""
-        from md_export.checkpoint.validate import check_loaded
+        from md_export.checkpoint.validate import check_loaded, check_weights_file
 
         weights = weights_file(folder, self.allow_pickle)
         lean = _load_lean(loader, folder, weights)
         if lean is not None:
             if folder not in self._dtypes:
-                from md_export.checkpoint.validate import check_weights_file
-
                 self._dtypes[folder] = check_weights_file(weights)
             check_loaded(lean, None, weights, what, self._dtypes[folder])
             return lean.float().eval()
@@ -195,8 +193,6 @@ class Checkpoint:
             raise InputError(f"{folder}: cannot load the {what} ({msg})") from e
         model, info = loaded if isinstance(loaded, tuple) else (loaded, None)  # md-export's own UNets check themselves
         if folder not in self._dtypes:
-            from md_export.checkpoint.validate import check_weights_file
-
             self._dtypes[folder] = check_weights_file(weights)
         check_loaded(model, info, weights, what, self._dtypes[folder])
         return model.float().eval()

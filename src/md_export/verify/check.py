@@ -144,7 +144,7 @@ def check_bundle(
     progress = progress or Progress()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    _writable(bundle)
+    require_writable(bundle)
     target = manifest["target"]
     floors = {"overrides": thresholds or {}, "recipe": (recipe_floors or {}).get(target, {}),
               "recorded": manifest.get("parity_floors") or {}}
@@ -206,7 +206,7 @@ def check_npu_models(bundle: Path, manifest: dict, seed: int) -> list[Check]:
             for r in results]
 
 
-def _writable(bundle: Path) -> None:
+def require_writable(bundle: Path) -> None:
     """check writes parity.json, parity.md and the manifest into the bundle: refuse a read-only one
     now, in a second, rather than lose the result after the whole run."""
     probe = bundle / f".md-export-write-probe-{os.getpid()}"

@@ -22,7 +22,7 @@ import numpy as np
 
 from md_export.components.plan import attach_modules, make_plan
 from md_export.core.errors import InputError
-from md_export.core.io import write_file, write_json
+from md_export.core.io import read_json, write_file, write_json
 from md_export.core.manifest import find_bundles, read_manifest
 from md_export.core.progress import Progress
 from md_export.pipeline.loop import generate
@@ -31,7 +31,7 @@ from md_export.runtime.bundle import open_bundle
 from md_export.shapes import VOCABULARY
 from md_export.shapes.dataset import evaluation_prompts
 from md_export.shapes.evaluate import EvalItem, evaluate
-from md_export.verify.check import _writable, reference_checkpoint, tokenizer_folder
+from md_export.verify.check import reference_checkpoint, require_writable, tokenizer_folder
 from md_export.verify.end_to_end import reference_pipeline, run_reference
 from md_export.verify.floors import ACCURACY_DROP, REFERENCE_ACCURACY
 from md_export.verify.report import FAIL, PASS
@@ -140,7 +140,7 @@ def eval_bundle(bundle: Path, *, prompts: int = 24, seeds: int = 2, steps: int |
         said = f"declares vocabulary '{vocabulary}'" if vocabulary else "declares no training vocabulary (_md_export_vocabulary in model_index.json)"
         raise InputError(f"{bundle}: its reference checkpoint ({ckpt.describe()}) {said}; md-export eval judges only models "
                          f"trained on '{VOCABULARY}', like the bundled default model (use md-export check for parity)")
-    _writable(bundle)
+    require_writable(bundle)
     level = bundle_level(manifest)
     if max_drop is None:
         max_drop = ACCURACY_DROP.get(level)
@@ -153,7 +153,7 @@ def eval_bundle(bundle: Path, *, prompts: int = 24, seeds: int = 2, steps: int |
     n_steps = steps or int(pipe_cfg["default_steps"])
     guidance = float(pipe_cfg["default_guidance_scale"]) if pipe_cfg["guidance"] != "none" else 0.0
     tokenizer = ClipTokenizer.from_folder(tokenizer_folder(bundle, manifest), pad_token_id=pipe_cfg["tokenizer"].get("pad_token_id"))
-    scheduler_config = json.loads((bundle / "scheduler.json").read_text(encoding="utf-8"))
+    scheduler_config = read_json(bundle / "scheduler.json")
 
     def bundle_fn(prompt: str, seed: int) -> np.ndarray:
         return generate(models, pipe_cfg, tokenizer, scheduler_config, prompt, steps=n_steps, guidance_scale=guidance, seed=seed)
