@@ -5,6 +5,9 @@ not take the others with it."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from md_export import export as E
 from md_export.checkpoint.folder import Checkpoint
 from md_export.config.options import ExportOptions
+from md_export.core import isolate
 from md_export.core.errors import ConversionError
 
 
@@ -56,3 +60,65 @@ def test_a_failing_target_leaves_the_others_written(tmp_path, monkeypatch):
     assert (tmp_path / "tflite" / "manifest.json").is_file() and (tmp_path / "tflite" / "unet.tflite").is_file()
     assert not (tmp_path / "onnx").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder or lock left
+
+
+
+# Run in a fresh interpreter: a fork is only safe before this process has converted anything
+# (core.isolate), and the test session has.
+CHILD_EXPORT = """
+import os, signal, sys
+from pathlib import Path
+from md_export import export as E
+from md_export.checkpoint.folder import Checkpoint
+from md_export.config.options import ExportOptions
+from md_export.core.progress import Progress
+
+class Said(Progress):
+    def info(self, message):
+        print("info:", message, file=sys.stderr)
+
+real = E._export_component
+def maybe_killed(target, lowerer, comp, *args, **kwargs):
+    if f"{target}:{comp.name}" == os.environ.get("KILL_IN"):
+        os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+    print("converting", target, comp.name, "in", "child" if os.getpid() != int(os.environ["PARENT"]) else "parent", file=sys.stderr)
+    return real(target, lowerer, comp, *args, **kwargs)
+E._export_component = maybe_killed
+os.environ["PARENT"] = str(os.getpid())
+try:
+    for r in E.export(Checkpoint.open(None), ExportOptions(out=Path(sys.argv[1]), targets=tuple(sys.argv[2].split(",")), command="pytest"), Said()):
+        print(r.target, *(f"{n}={m['sha256']}" for n, m in sorted(r.manifest["models"].items())))
+except Exception as e:
+    print("error:", type(e).__name__, e, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _export_in_fresh_process(out, targets: str, kill_in: str = ""):
+    env = {**os.environ, isolate.ENV: "always", "KILL_IN": kill_in}
+    return subprocess.run([sys.executable, "-c", CHILD_EXPORT, str(out), targets], capture_output=True, text=True, env=env,
+                          timeout=1200)
+
+
+@pytest.mark.skipif(not isolate.fork_available(), reason="fork isolation is Linux only")
+def test_lowering_in_a_child_writes_the_same_bytes(tmp_path, default_export):
+    """MD_EXPORT_LOWER_IN_CHILD=always sends every component's lowering, compression and hashing
+    to a forked child (at full size `auto` does): the same files as in-process."""
+    proc = _export_in_fresh_process(tmp_path, "tflite,onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    converted = [line for line in proc.stderr.splitlines() if line.startswith("converting")]
+    assert len(converted) == 6 and all(line.endswith("in child") for line in converted), converted
+    assert "info: conversions run in child processes" in proc.stderr
+    for line in proc.stdout.splitlines():
+        target, *hashes = line.split()
+        theirs = default_export[target].manifest["models"]
+        assert dict(h.split("=") for h in hashes) == {n: m["sha256"] for n, m in theirs.items()}, target
+
+
+@pytest.mark.skipif(not isolate.fork_available(), reason="fork isolation is Linux only")
+def test_a_child_killed_while_lowering_fails_only_its_target(tmp_path):
+    proc = _export_in_fresh_process(tmp_path, "onnx,tflite", kill_in="tflite:unet")
+    assert proc.returncode == 3
+    assert "error: ChildKilled tflite unet: lower: the child process doing it was killed by SIGKILL" in proc.stderr
+    assert (tmp_path / "onnx" / "manifest.json").is_file() and not (tmp_path / "tflite").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left

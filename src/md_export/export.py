@@ -29,6 +29,7 @@ from md_export.config.validate import check_options
 from md_export.core.deps import package_version
 from md_export.core.errors import InputError
 from md_export.core.io import atomic_folder, path_bytes, path_sha256, portable_path, utc_now
+from md_export.core.isolate import ENV as ISOLATE_ENV, run_in_child, wants_child
 from md_export.core.manifest import SCHEMA_VERSION, ChunkEntry, Manifest, ModelEntry, NpuEntry, Pipeline, TensorEntry, build, write_manifest
 from md_export.core.names import COMPONENTS
 from md_export.core.progress import Progress
@@ -75,6 +76,9 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
             attach_modules(plan, ckpt)
             prerecord(plan, ckpt)
             _release(plan, names)
+    in_child = wants_child(weights := ckpt.weights_bytes())  # every conversion of this run in a child, or none (core.isolate)
+    if in_child:
+        progress.info(f"conversions run in child processes ({weights / 1e9:.1f} GB of weights; {ISOLATE_ENV}=never to keep them here)")
     counts: dict[str, dict[str, dict[str, int]]] = {t: {} for t in lowerers}
     models: dict[str, dict[str, ModelEntry]] = {t: {} for t in lowerers}
     with _Staging({t: options.out / layout.folder(t) for t in lowerers}, options.force) as staging:
@@ -92,14 +96,18 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                     for t in targets:
                         staging.fail(t, e)
                     continue
+                args: tuple = ()
                 for t in targets:
                     _add_counts(counts[t], changed, name)
                     try:
-                        models[t][name] = _export_component(t, lowerers[t], comp, ep, staging.folder(t), options, rewrites[t],
-                                                            ckpt, plan, layout, progress)
+                        args = (t, lowerers[t], comp, ep, staging.folder(t), options, rewrites[t], ckpt, plan, layout, progress)
+                        if in_child:  # the converter's leftovers go with the child
+                            models[t][name] = run_in_child(f"{t} {name}: lower", _export_component, *args)
+                        else:
+                            models[t][name] = _export_component(*args)
                     except Exception as e:  # noqa: BLE001
                         staging.fail(t, e)
-                del comp, ep
+                del comp, ep, args  # nothing of this component may outlive the loop (streaming)
             _release(plan, (name,))
         results = []
         for target in staging.alive():

@@ -101,3 +101,5 @@ def test_bundled_default_sweep_has_twelve_cells():
     assert {c.target for c in cells} == {"coreml", "tflite", "onnx"}
     assert all(c.model.kind == "default" for c in cells)
     assert sum(c.target == t for c in cells for t in ("coreml",)) == 4
+    assert spec.check.eval  # the bundled model is shapes-v1, so each cell is judged
+    assert spec.check.key()["eval_prompts"] == 12 and spec.check.key()["eval_seeds"] == 1  # in the hash: other sizes, other cells

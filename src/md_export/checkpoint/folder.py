@@ -141,6 +141,10 @@ class Checkpoint:
             for name, d in (("unet", self.unet_dir), ("text_encoder", self.text_encoder_dir), ("vae", self.vae_dir))
         }
 
+    def weights_bytes(self) -> int:
+        """Bytes of the UNet, text encoder and VAE weight files (the size an export has to hold)."""
+        return sum(weights_file(d, self.allow_pickle).stat().st_size for d in (self.unet_dir, self.text_encoder_dir, self.vae_dir))
+
     def component_dirs(self) -> dict[str, Path]:
         dirs = {"unet": self.unet_dir, "text_encoder": self.text_encoder_dir, "vae": self.vae_dir, "tokenizer": self.tokenizer_dir}
         if self.scheduler_dir is not None:

@@ -294,7 +294,8 @@ def _run_cell_in(task: CellTask, staging: Path, final: Path, record: dict) -> No
 def _eval_cell(cell: C.Cell, bundle: Path, staging: Path, final: Path, env: dict, cli: list[str]) -> dict:
     """`md-export eval` of the cell's bundle: prompt accuracy against the fp32 reference. A model not
     trained on the shapes vocabulary is refused by eval (exit 2): "not applicable", the cell stands."""
-    cmd = [*cli, "eval", str(bundle), "--json", str(staging / "eval.json"), "-q"]
+    cmd = [*cli, "eval", str(bundle), "--json", str(staging / "eval.json"), "-q",
+           "--prompts", str(cell.check.get("eval_prompts", 24)), "--seeds", str(cell.check.get("eval_seeds", 2))]
     run = run_child(cmd, staging / "eval.out", staging / "eval.log", env, cell.timeout_s)
     out = {**run.to_json(), "command": shlex.join(cmd).replace(str(staging), str(final))}
     try:

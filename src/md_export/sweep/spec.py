@@ -27,7 +27,9 @@ file and the key (`sweep.toml: targets.coreml.levels[2]: ...`), exit code 2.
     end_to_end = true
     e2e_steps = 4
     thresholds = []                          # e.g. ["unet=45"] (--threshold)
-    eval = false                             # prompt accuracy: recorded as "not available" (no eval command yet)
+    eval = false                             # `md-export eval` per cell (shapes-v1 models; else "not applicable")
+    eval_prompts = 24                        # eval --prompts and --seeds (eval's defaults)
+    eval_seeds = 2
 
     [resources]
     num_cpus = 2                             # a local Ray instance's CPUs (default: all cores)
@@ -83,7 +85,7 @@ TOP_KEYS = ("schema_version", "name", "models", "targets", "export", "check", "r
 MODEL_KEYS = ("name", "checkpoint", "family", "size", "seed")
 TARGET_KEYS = ("levels", "keep", "args")
 EXPORT_KEYS = ("keep", "args")
-CHECK_KEYS = ("parity", "samples", "seed", "end_to_end", "e2e_steps", "thresholds", "eval")
+CHECK_KEYS = ("parity", "samples", "seed", "end_to_end", "e2e_steps", "thresholds", "eval", "eval_prompts", "eval_seeds")
 RESOURCE_KEYS = ("num_cpus", "cpus_per_cell", "memory_base_mb", "memory_factor", "timeout_minutes")
 
 
@@ -117,11 +119,14 @@ class CheckOptions:
     e2e_steps: int = 4
     thresholds: tuple[str, ...] = ()
     eval: bool = False
+    eval_prompts: int = 24  # `md-export eval --prompts` (its default)
+    eval_seeds: int = 2  # `md-export eval --seeds`
 
     def key(self) -> dict:
-        """What changes a check's result (part of each cell's hash)."""
+        """What changes a check's result (part of each cell's hash; the eval sizes only when eval runs)."""
         return {"parity": self.parity, "samples": self.samples, "seed": self.seed, "end_to_end": self.end_to_end,
-                "e2e_steps": self.e2e_steps, "thresholds": sorted(self.thresholds), "eval": self.eval}
+                "e2e_steps": self.e2e_steps, "thresholds": sorted(self.thresholds), "eval": self.eval,
+                **({"eval_prompts": self.eval_prompts, "eval_seeds": self.eval_seeds} if self.eval else {})}
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,8 @@ def parse_spec(data: dict, path: Path) -> SweepSpec:
         e2e_steps=w.integer(c.get("e2e_steps", 4), "check.e2e_steps", 1),
         thresholds=w.strings(c.get("thresholds", []), "check.thresholds"),
         eval=w.boolean(c.get("eval", False), "check.eval"),
+        eval_prompts=w.integer(c.get("eval_prompts", 24), "check.eval_prompts", 1),
+        eval_seeds=w.integer(c.get("eval_seeds", 2), "check.eval_seeds", 1),
     )
     for i, t in enumerate(check.thresholds):
         model, sep, db = t.partition("=")

@@ -11,10 +11,19 @@ from md_export.core.metrics import compare
 from md_export.pipeline.image import save_png, side_by_side
 from md_export.pipeline.loop import generate
 from md_export.runtime.bundle import open_bundle
+from md_export.shapes import VOCABULARY
 from md_export.verify.report import FAIL, NOT_RUN, PASS, Check
 from md_export.verify.floors import end_to_end_floor
 
 E2E_PROMPT = "a red fox in snow"
+# a model trained on a closed vocabulary is checked on a caption it knows: outside it the trained
+# default model's trajectory is chaotic, and small differences grow into a different image
+VOCABULARY_PROMPTS = {VOCABULARY: "a red circle on a blue background"}
+
+
+def e2e_prompt(ckpt) -> str:
+    """The check's prompt for this reference checkpoint (its own vocabulary, read from the checkpoint, never the bundle)."""
+    return VOCABULARY_PROMPTS.get(ckpt.training_vocabulary() or "", E2E_PROMPT)
 DIFFUSERS_SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
@@ -70,15 +79,16 @@ def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict
     precision = "fp16" if any(m.get("precision") == "fp16" for m in manifest["models"].values()) else "fp32"
     floor = end_to_end_floor(manifest["models"], precision, floors["overrides"], floors["recipe"], floors["recorded"])
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
+    prompt = e2e_prompt(ckpt)
     try:
         models, pipe_cfg = open_bundle(bundle, manifest)  # an Apple-layout bundle through the package's conventions
         guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
-        image = generate(models, pipe_cfg, factory.tokenizer(), _scheduler_config(bundle), E2E_PROMPT,
+        image = generate(models, pipe_cfg, factory.tokenizer(), _scheduler_config(bundle), prompt,
                          steps=steps, guidance_scale=guidance, seed=seed)
     except Exception as e:  # the component checks already say which model is at fault
         return Check(status=NOT_RUN if "Unsupported" in type(e).__name__ else FAIL,
                      reason=f"artifact loop failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
-    ref = reference_image(plan, ckpt, dict(manifest, pipeline=pipe_cfg), bundle, E2E_PROMPT, steps, seed, guidance)
+    ref = reference_image(plan, ckpt, dict(manifest, pipeline=pipe_cfg), bundle, prompt, steps, seed, guidance)
     art = np.clip(np.asarray(image, dtype=np.float32), -1.0, 1.0)
     metrics = compare(ref, art)
     png = bundle / "parity_end_to_end.png"
@@ -86,7 +96,7 @@ def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict
     save_png(bundle / "generated.png", art)
     report.artifacts["side_by_side"] = png.name
     status = PASS if metrics["psnr"] >= floor else FAIL
-    return Check(status=status, metrics=metrics, samples=1, reason=f"{steps} steps, prompt {E2E_PROMPT!r}, seed {seed}", **base)
+    return Check(status=status, metrics=metrics, samples=1, reason=f"{steps} steps, prompt {prompt!r}, seed {seed}", **base)
 
 
 def _scheduler_config(bundle) -> dict:
