@@ -39,6 +39,7 @@ from md_export.rewrites.registry import lowering_extra, lowering_scope, resolve,
 
 
 NPU_PACK = "ai_pack"  # the AI Pack folder inside a TFLite bundle
+LARGE_PIPELINE_BYTES = 200_000_000  # weights from which converters are asked to save memory (LowerOptions.large)
 
 
 @dataclass
@@ -76,7 +77,9 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
             attach_modules(plan, ckpt)
             prerecord(plan, ckpt)
             _release(plan, names)
-    in_child = wants_child(weights := ckpt.weights_bytes())  # every conversion of this run in a child, or none (core.isolate)
+    weights = ckpt.weights_bytes()
+    large = weights >= LARGE_PIPELINE_BYTES
+    in_child = wants_child(weights)  # every conversion of this run in a child, or none (core.isolate)
     if in_child:
         progress.info(f"conversions run in child processes ({weights / 1e9:.1f} GB of weights; {ISOLATE_ENV}=never to keep them here)")
     counts: dict[str, dict[str, dict[str, int]]] = {t: {} for t in lowerers}
@@ -102,9 +105,9 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                     try:
                         args = (t, lowerers[t], comp, ep, staging.folder(t), options, rewrites[t], ckpt, plan, layout, progress)
                         if in_child:  # the converter's leftovers go with the child
-                            models[t][name] = run_in_child(f"{t} {name}: lower", _export_component, *args)
+                            models[t][name] = run_in_child(f"{t} {name}: lower", _export_component, *args, large=large)
                         else:
-                            models[t][name] = _export_component(*args)
+                            models[t][name] = _export_component(*args, large=large)
                     except Exception as e:  # noqa: BLE001
                         staging.fail(t, e)
                 del comp, ep, args  # nothing of this component may outlive the loop (streaming)
@@ -133,9 +136,9 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
 
 
 def _export_component(target: str, lowerer: Lowerer, comp: ComponentPlan, ep, tmp: Path, options: ExportOptions, rewrites,
-                      ckpt: Checkpoint, plan: ExportPlan, layout: Layout, progress: Progress) -> ModelEntry:
+                      ckpt: Checkpoint, plan: ExportPlan, layout: Layout, progress: Progress, large: bool = False) -> ModelEntry:
     name = comp.name
-    lowered = _lower(lowerer, comp, ep, tmp, options, target, rewrites, progress)
+    lowered = _lower(lowerer, comp, ep, tmp, options, target, rewrites, progress, large)
     lowered = _compress(target, lowered, comp, _level(options, target, name), ckpt, plan, options, progress)
     chunked = _chunk(target, lowered, comp, options, progress, layout.max_chunks)
     if not chunked:
@@ -281,9 +284,9 @@ def lower_at(target: str, comp: ComponentPlan, ep, out_dir: Path, options: Lower
 
 
 def _lower(lowerer: Lowerer, comp: ComponentPlan, ep, out_dir: Path, options: ExportOptions, target: str, rewrites,
-           progress: Progress) -> LoweredModel:
+           progress: Progress, large: bool = False) -> LoweredModel:
     precision = component_precision(options, target, comp.name, lowerer)
-    lower_opts = LowerOptions(precision, options.minimum_deployment_target, options.compute_units)
+    lower_opts = LowerOptions(precision, options.minimum_deployment_target, options.compute_units, large=large)
     lower_opts.extra.update(lowering_extra(rewrites))
     with progress.stage(comp.name, "lower", target), lowering_scope(rewrites):
         return lower_at(target, comp, ep, out_dir, lower_opts)

@@ -24,6 +24,9 @@ class LowerOptions:
     minimum_deployment_target: str = "iOS17"
     compute_units: str = "ALL"
     extra: dict = field(default_factory=dict)
+    # a full-size pipeline: converters trade graph-level constant folding for memory where they can
+    # (litert-torch's lightweight conversion); off at tiny sizes so those bytes stay as they were
+    large: bool = False
 
 
 @dataclass

@@ -70,7 +70,10 @@ class TFLiteLowerer:
             raise ConversionError(f"tflite: the converter writes fp32; precision {options.precision} is applied after lowering")
         try:
             with _litert_console_quiet():
-                edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert()
+                # lightweight: constants stay lazy resources instead of being copied into the MLIR
+                # module, then the LiteRT runtime folds what the converter no longer can
+                edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert(
+                    lightweight_conversion=options.large)
                 edge.export(str(path))
         except Exception as e:
             raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
