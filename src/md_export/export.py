@@ -105,7 +105,8 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                     try:
                         args = (t, lowerers[t], comp, ep, staging.folder(t), options, rewrites[t], ckpt, plan, layout, progress)
                         if in_child:  # the converter's leftovers go with the child
-                            models[t][name] = run_in_child(f"{t} {name}: lower", _export_component, *args, large=large)
+                            models[t][name] = run_in_child(f"{t} {name}: lower", _export_component, *args, large=large,
+                                                           in_child_first=_single_threaded_torch)
                         else:
                             models[t][name] = _export_component(*args, large=large)
                     except Exception as e:  # noqa: BLE001
@@ -235,6 +236,15 @@ def _rewritten(tcomp: ComponentPlan, key: tuple[str, ...], target: str, last_use
     with progress.stage(tcomp.name, f"rewrite ({', '.join(key)})", target):
         changed = rewrite_counts({tcomp.name: module}, list(key), target)
     return replace(tcomp, module=module), changed
+
+
+def _single_threaded_torch() -> None:
+    """In a forked child: torch's OpenMP threads stayed in the parent, and a parallel region would
+    wait on them for ever, so torch runs its ops on this one thread (the converters are mostly
+    single-threaded Python; numpy's BLAS pool is rebuilt after fork)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _add_counts(total: dict[str, dict[str, int]], changed: dict[str, dict[str, int]], component: str) -> None:

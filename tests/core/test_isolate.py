@@ -92,3 +92,28 @@ def test_a_bad_setting_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(isolate.ENV, "sometimes")
     with pytest.raises(ValueError, match="MD_EXPORT_LOWER_IN_CHILD='sometimes'"):
         wants_child(1)
+
+
+FORK_AFTER_OPENMP = """
+import torch
+from md_export.core.isolate import run_in_child
+from md_export.export import _single_threaded_torch
+torch.set_num_threads(2)
+x = torch.randn(4_000_000)
+x.clamp_(-1, 1)  # a parallel region: the parent's OpenMP team now exists
+
+def work():
+    return float(torch.randn(4_000_000).clamp_(-1, 1).abs().sum())
+
+print(run_in_child("clamp", work, in_child_first=_single_threaded_torch) > 0)
+"""
+
+
+def test_a_child_forked_after_torch_used_openmp_does_not_deadlock():
+    """At full size torch's ops run parallel regions; a forked child entering one waits for ever on
+    the parent's OpenMP threads unless export's child setup makes it single-threaded."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FORK_AFTER_OPENMP], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("True"), proc.stderr[-2000:]

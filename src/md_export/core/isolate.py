@@ -57,8 +57,11 @@ def wants_child(weight_bytes: int) -> bool:
     return mode == "always" or weight_bytes >= AUTO_MIN_BYTES
 
 
-def run_in_child(what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """fn(*args, **kwargs) in a forked child; its return value (pickled through a pipe) here."""
+def run_in_child(what: str, fn: Callable[..., Any], *args, in_child_first: Callable[[], None] | None = None, **kwargs) -> Any:
+    """fn(*args, **kwargs) in a forked child; its return value (pickled through a pipe) here.
+    `in_child_first` runs in the child before fn: the place to make thread pools the parent
+    started safe (a fork copies only the calling thread; an OpenMP team whose threads are gone
+    deadlocks the first parallel region it enters)."""
     read_fd, write_fd = os.pipe()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -68,6 +71,8 @@ def run_in_child(what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
         code = 0
         try:
             try:
+                if in_child_first is not None:
+                    in_child_first()
                 payload = pickle.dumps(("ok", fn(*args, **kwargs)))
             except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent
                 code = 1
