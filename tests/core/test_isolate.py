@@ -117,3 +117,8 @@ def test_a_child_forked_after_torch_used_openmp_does_not_deadlock():
 
     proc = subprocess.run([sys.executable, "-c", FORK_AFTER_OPENMP], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("True"), proc.stderr[-2000:]
+
+
+def test_children_are_off_unless_asked_for(monkeypatch):
+    monkeypatch.delenv(isolate.ENV, raising=False)
+    assert wants_child(10**10) is False  # measured: more total memory at full size, see DEFAULT_MODE
