@@ -143,7 +143,7 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tree = r.get("tree_pss_peak_bytes")
-        lines.append(f"| {r['family']} | {r['stage']} | {r['exit']} | {r['wall_s']} | {r.get('user_s')} | "
+        lines.append(f"| {r['family']} | {r.get('variant') or r['stage']} | {r['exit']} | {r['wall_s']} | {r.get('user_s')} | "
                      f"{(r['peak_rss_bytes'] or 0) / 1e9:.2f} | {f'{tree / 1e9:.2f}' if tree else 'not sampled'} | {verdict(r)} |")
     return "\n".join(lines)
 
@@ -155,7 +155,7 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r["stage"] != "init"]
-    labels = [f"{r['family']}\n{r['stage']}" for r in rows]
+    labels = [f"{r['family']}\n{r.get('variant') or r['stage']}" for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     a.bar(labels, [r["wall_s"] / 60 for r in rows], color="tab:blue")
     a.set_ylabel("wall time, min")
