@@ -53,7 +53,9 @@ def load_state_dict(path: Path, allow_pickle: bool) -> dict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            from md_export.checkpoint.validate import unreadable_weights
+
+            raise unreadable_weights(path, e) from None
     if suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise InputError(f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors or pass --allow-pickle")

@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from md_export.core.errors import InputError
+from md_export.core.errors import ConversionError, InputError, MdExportError
 from md_export.core.names import TEXT_LENGTH
 
 SHOW = 3  # tensor names listed in a message
@@ -271,7 +271,7 @@ def _file_dtypes(weights: Path) -> dict[str, str]:
                 for k in f.keys():
                     out[k] = f.get_slice(k).get_dtype()
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise InputError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise unreadable_weights(p, e) from None
     return out
 
 
@@ -336,3 +336,13 @@ def check_finite(model, where: str, what: str) -> None:
     if bad:
         more = f" (so do {_count(len(bad) - 1, 'other tensor')})" if len(bad) > 1 else ""
         raise InputError(f"{where}: {what} tensor {bad[0]} holds NaN or Inf once the LoRA is fused{more}; check the LoRA file and --lora-scale")
+
+
+def unreadable_weights(path, error: BaseException) -> MdExportError:
+    """The error for a safetensors file that could not be opened. A refused memory map is memory
+    (the machine's, or a limit such as ulimit -v or RLIMIT_DATA), not a bad file: exit 3, not 2."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, MemoryError) or "mmap" in text.lower() or "cannot allocate memory" in text.lower():
+        return ConversionError(f"{path}: could not map the weights into memory ({text}); free memory or raise the "
+                               "process's memory limit")
+    return InputError(f"{path}: not a readable safetensors file ({text})")
