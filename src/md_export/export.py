@@ -79,7 +79,7 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
             _release(plan, names)
     weights = ckpt.weights_bytes()
     large = weights >= LARGE_PIPELINE_BYTES
-    in_child = wants_child(weights)  # every conversion of this run in a child, or none (core.isolate)
+    in_child = wants_child(large)  # every conversion of this run in a child, or none (core.isolate)
     if in_child:
         progress.info(f"conversions run in child processes ({weights / 1e9:.1f} GB of weights; {ISOLATE_ENV}=never to keep them here)")
     counts: dict[str, dict[str, dict[str, int]]] = {t: {} for t in lowerers}

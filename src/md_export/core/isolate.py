@@ -31,7 +31,6 @@ ENV = "MD_EXPORT_LOWER_IN_CHILD"  # never (default) | auto | always
 # children held the largest process to 4.79 GB (in-process 6.55 GB) but the whole tree's PSS rose
 # to 7.58 GB, because the parent keeps the module and capture while a child converts
 DEFAULT_MODE = "never"
-AUTO_MIN_BYTES = 200_000_000  # pipelines with less weight than this stay in-process (leftovers are small)
 
 
 class ChildKilled(ConversionError):
@@ -50,16 +49,16 @@ def isolation_mode() -> str:
     return mode
 
 
-def wants_child(weight_bytes: int) -> bool:
-    """Whether the conversions of a pipeline with `weight_bytes` of weights run in children under
-    the current setting. Decide once per run, before any conversion: all of them go, or none. A
+def wants_child(large: bool) -> bool:
+    """Whether the conversions of a run run in children under the current setting; `auto` sends
+    those of a large pipeline (the caller's judgement, export.LARGE_PIPELINE_BYTES). Decide once per run, before any conversion: all of them go, or none. A
     fork is only safe while this process has started no converter thread pool (the MLIR context
     litert-torch lowers through keeps one; its threads do not exist in a forked child, which then
     waits on them for ever)."""
     mode = isolation_mode()
     if mode == "never" or not fork_available():
         return False
-    return mode == "always" or weight_bytes >= AUTO_MIN_BYTES
+    return mode == "always" or large
 
 
 def run_in_child(what: str, fn: Callable[..., Any], *args, in_child_first: Callable[[], None] | None = None, **kwargs) -> Any:
