@@ -513,7 +513,10 @@ def test_fp16_program_rounds_each_op_and_honours_casts(fp16_program):
 
 def test_unsupported_op_raises_naming_op(fp16_program, monkeypatch):
     path, _ = fp16_program
+    from md_export.milrun.torch_kernels import FAST
+
     monkeypatch.delitem(KERNELS, "silu")
+    monkeypatch.delitem(FAST, "silu")
     with pytest.raises(UnsupportedOpError) as e:
         MilEvaluator(path)
     msg = str(e.value)

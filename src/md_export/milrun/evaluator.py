@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -28,6 +30,21 @@ from md_export.core.errors import InputError, UnsupportedOpError
 from md_export.milrun.kernels import KERNELS, OpArgs
 
 _MANIFEST = "Manifest.json"
+KERNELS_ENV = "MD_EXPORT_MILRUN_KERNELS"  # torch (the default) or numpy (the reference kernels only)
+
+
+def kernel_table(choice: str | None = None) -> dict:
+    """{op type: kernel}: the numpy reference kernels, with the heavy ops on torch's CPU kernels
+    (:mod:`md_export.milrun.torch_kernels`) unless ``choice`` (or $MD_EXPORT_MILRUN_KERNELS) is
+    ``numpy``."""
+    choice = (choice or os.environ.get(KERNELS_ENV) or "torch").strip().lower()
+    if choice not in ("torch", "numpy"):
+        raise InputError(f"{KERNELS_ENV}={choice!r}: expected torch or numpy")
+    if choice == "numpy":
+        return KERNELS
+    from md_export.milrun.torch_kernels import FAST
+
+    return {**KERNELS, **FAST}
 
 
 def _read_spec(path: Path):
@@ -93,12 +110,15 @@ class _Step:
 class MilEvaluator:
     """Load a saved .mlpackage once; run it on numpy inputs with :meth:`predict`.
 
+    ``kernels``: ``torch`` or ``numpy`` (see :func:`kernel_table`).
+
     Attributes: ``path``, ``input_names``, ``output_names``, ``input_dtypes``, ``input_shapes``,
     ``output_dtypes`` and ``ops`` (op type names of the main function, in program order).
     """
 
-    def __init__(self, path, function: str = "main"):
+    def __init__(self, path, function: str = "main", kernels: str | None = None):
         self.path = Path(path)
+        self._kernels = kernel_table(kernels)
         spec, weights_dir = _read_spec(self.path)
         prog = _load_program(spec, weights_dir, self.path)
         if function not in prog.functions:
@@ -142,6 +162,8 @@ class MilEvaluator:
             else:
                 self._steps.append(step)
 
+        self._dead_after = _last_uses(self._steps, keep=set(self._out_vars) | set(self._consts))
+
     # ------------------------------------------------------------------------------------------
 
     def _unsupported(self, op, extra=""):
@@ -153,7 +175,7 @@ class MilEvaluator:
     def _compile(self, op) -> _Step:
         kernel = None
         if op.op_type != "const":
-            kernel = KERNELS.get(op.op_type)
+            kernel = self._kernels.get(op.op_type)
             if kernel is None:
                 self._unsupported(op)
         inputs = {}
@@ -203,14 +225,16 @@ class MilEvaluator:
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the program. ``inputs`` maps every model input name to an array (cast to the
         declared dtype). Returns {output name: array in the declared output dtype}."""
-        env = self.trace(inputs)
+        env = self.trace(inputs, keep=False)
         out = {}
         for name, var in zip(self.output_names, self._out_vars):
             out[name] = np.asarray(env[var]).astype(self.output_dtypes[name], copy=False)
         return out
 
-    def trace(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the program and return every value by its MIL variable name (for bisecting)."""
+    def trace(self, inputs: Mapping[str, np.ndarray], keep: bool = True) -> dict[str, np.ndarray]:
+        """Run the program and return every value by its MIL variable name (for bisecting).
+        ``keep=False`` drops each intermediate after its last use (what :meth:`predict` does: at
+        full size the UNet's attention scores alone are gigabytes), leaving the outputs."""
         unknown = sorted(set(inputs) - set(self.input_names))
         missing = [n for n in self.input_names if n not in inputs]
         if unknown or missing:
@@ -225,9 +249,30 @@ class MilEvaluator:
             if want is not None and tuple(x.shape) != want:
                 raise InputError(f"input '{n}' of {self.path.name} has shape {tuple(x.shape)}, expected {want}")
             env[n] = np.ascontiguousarray(x.astype(self.input_dtypes[n], copy=False))
-        for step in self._steps:
+        for step, dead in zip(self._steps, self._dead_after):
             self._run_step(step, env)
+            if not keep:
+                for name in dead:
+                    env.pop(name, None)
         return env
+
+    def profile(self, inputs: Mapping[str, np.ndarray]) -> collections.Counter:
+        """Run the program once and return {op type: seconds spent in its kernels} (which kernels
+        a full-size check waits on)."""
+        spent: collections.Counter = collections.Counter()
+        run = self._run_step
+
+        def timed(step, env):
+            t0 = time.perf_counter()
+            run(step, env)
+            spent[step.op_type] += time.perf_counter() - t0
+
+        self._run_step = timed
+        try:
+            self.trace(inputs, keep=False)
+        finally:
+            del self._run_step
+        return spent
 
     def constant(self, name: str) -> np.ndarray:
         """A constant of the program by its MIL variable name; ``constexpr_*`` outputs are
@@ -239,6 +284,23 @@ class MilEvaluator:
 
     def __repr__(self):
         return f"MilEvaluator({str(self.path)!r}, inputs={self.input_names}, outputs={self.output_names}, ops={len(self.ops)})"
+
+
+def _last_uses(steps: list[_Step], keep: set[str]) -> list[list[str]]:
+    """For each step, the values no later step reads (its inputs and unread outputs), except
+    those in ``keep`` (outputs and constants)."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for v in step.inputs.values():
+            for name in v if isinstance(v, list) else [v]:
+                last[name] = i
+        for name in step.outputs:
+            last.setdefault(name, i)
+    dead: list[list[str]] = [[] for _ in steps]
+    for name, i in last.items():
+        if name not in keep:
+            dead[i].append(name)
+    return dead
 
 
 def _const_value(var):

@@ -444,7 +444,8 @@ def _conv(a):
 
 
 @kernel("conv_transpose")
-def _conv_transpose(a):
+def _conv_transpose(a, conv=None):
+    """``conv`` is the correlation to run on the zero-stuffed input (:func:`conv_nd` unless given)."""
     x, w = a["x"], a["weight"]  # w: [C_in, C_out/groups, *k]
     nsp = x.ndim - 2
     groups = a.int("groups", 1)
@@ -484,7 +485,7 @@ def _conv_transpose(a):
             cur = full[i] - crops[i][0] - crops[i][1]
             if want[i] != cur:
                 pads[i] = (pads[i][0], pads[i][1] + want[i] - cur)
-    return conv_nd(stuffed, wt, a.get("bias"), [1] * nsp, pads, dilations, groups)
+    return (conv or conv_nd)(stuffed, wt, a.get("bias"), [1] * nsp, pads, dilations, groups)
 
 
 def _pool(a, reduce):
