@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from md_export.checkpoint.folder import Checkpoint
-from md_export.components.plan import ExportPlan, attach_modules, make_plan
+from md_export.components.plan import ExportPlan, make_plan
 from md_export.core.errors import InputError, MdExportError, MissingDependencyError, UnsupportedOpError
 from md_export.core.io import write_file, write_json
 from md_export.core.manifest import MANIFEST, Manifest, find_bundles, model_files, read_manifest, write_manifest
@@ -27,6 +27,7 @@ from md_export.npu._errors import NpuSetupError
 from md_export.npu.check import check_npu_pack
 from md_export.verify.floors import floor_for, npu_floor
 from md_export.verify.integrity import verify_files
+from md_export.verify.reference import Reference, ReferenceCache
 from md_export.verify.report import FAIL, NOT_RUN, PASS, Check, ParityReport
 
 
@@ -79,10 +80,12 @@ def _from_bundle(bundle: Path, rel: str) -> Path:
 class InputFactory:
     """Seeded inputs shaped like real ones: token ids of real prompts through the bundle's own
     tokenizer, text embeddings from the reference encoder, latents ~ N(0, 1), timesteps spread
-    over the training schedule."""
+    over the training schedule. With a ``reference``, embeddings come from it (loaded when needed,
+    computed once); without one, from the text encoder module attached to ``plan``."""
 
-    def __init__(self, bundle: Path, manifest: dict, plan: ExportPlan, seed: int, samples: int):
+    def __init__(self, bundle: Path, manifest: dict, plan: ExportPlan, seed: int, samples: int, reference: Reference | None = None):
         self.bundle, self.manifest, self.plan, self.seed, self.samples = bundle, manifest, plan, seed, samples
+        self.reference = reference
         self.prompts = bundled_prompts()
         self._tokenizer = None
 
@@ -97,6 +100,8 @@ class InputFactory:
         return np.asarray(self.tokenizer().encode(prompt), dtype=np.int32).reshape(1, -1)
 
     def embed(self, prompt: str) -> np.ndarray:
+        if self.reference is not None:
+            return self.reference.output("text_encoder", {"input_ids": self.ids(prompt)})
         te = self.plan.components["text_encoder"].module
         with torch.no_grad():
             return te(torch.from_numpy(self.ids(prompt))).numpy()
@@ -137,10 +142,12 @@ def check_bundle(
     end_to_end: bool = True,
     e2e_steps: int = 4,
     progress: Progress | None = None,
+    references: ReferenceCache | None = None,
 ) -> ParityReport:
     """Check one bundle. Floors: `thresholds` (the command line), then `recipe_floors` (a recipe the
     user named: target -> model -> dB), then the defaults per level; the bundle's recorded floors
-    only raise them. `verify`: compare every model file with the manifest's sha256 and bytes first."""
+    only raise them. `verify`: compare every model file with the manifest's sha256 and bytes first.
+    `references`: reference results shared with the other bundles of this run (verify.reference)."""
     progress = progress or Progress()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -159,9 +166,8 @@ def check_bundle(
     ckpt = reference_checkpoint(manifest, checkpoint, bundle)
     plan = make_plan(ckpt, height=opts.get("height"), width=opts.get("width"), unet_batch=opts.get("unet_batch"),
                      with_encoder=bool(opts.get("with_encoder")))
-    with progress.stage("reference", "load", target):
-        attach_modules(plan, ckpt)
-    factory = InputFactory(bundle, manifest, plan, seed, samples)
+    reference = Reference(plan, ckpt, opts, references)  # loads each component when first needed
+    factory = InputFactory(bundle, manifest, plan, seed, samples, reference)
     report = ParityReport(bundle, target, samples, seed,
                           {"name": manifest.get("source", {}).get("name") or ckpt.kind, "kind": ckpt.kind, "weights_match": True},
                           allow_skip=allow_skip,
@@ -178,13 +184,14 @@ def check_bundle(
             out_name = comp.outputs[0].name
             with progress.stage(name, f"parity ({runtime})", target):
                 report.checks.append(_check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine,
-                                                  precision, floor, samples, manifest))
+                                                  precision, floor, samples, manifest, reference))
     if target == "tflite" and any(e.get("file") for e in manifest.get("npu", [])):
         with progress.stage("models", "NPU parity (HTP simulator)", target):
             report.checks += check_npu_models(bundle, manifest, seed)
     if end_to_end:
         with progress.stage("pipeline", f"end to end ({e2e_steps} steps)", target):
-            report.checks.append(check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors, e2e_steps, seed, report))
+            report.checks.append(check_end_to_end(bundle, manifest, target, reference, factory, floors, e2e_steps, seed, report))
+    reference.release()
     save_report(bundle, manifest, report)
     return report
 
@@ -224,8 +231,12 @@ def _integrity(bundle: Path, manifest: dict) -> dict:
 
 
 def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, engine, precision, floor, samples,
-                 manifest: dict | None = None) -> Check:
+                 manifest: dict, reference: Reference) -> Check:
     base = dict(model=name, output=out_name, runtime=runtime, precision=precision, threshold_psnr=floor)
+    # the reference results first, then its module is dropped: the artifact loads next to nothing else
+    feeds_per_sample = [factory.make(name, i) for i in range(samples)]
+    refs = [reference.output(name, feeds) for feeds in feeds_per_sample]
+    reference.release()
     try:
         runner = open_model(target, bundle, entry, engine)
         if (manifest or {}).get("layout") == "apple":  # driven as the Swift package drives it, compared in the contract's terms
@@ -237,10 +248,7 @@ def _check_model(target, bundle, entry, comp, factory, name, out_name, runtime, 
     except Exception as e:
         return Check(status=FAIL, reason=f"cannot load {'+'.join(model_files(entry))}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
     per_sample = []
-    for i in range(samples):
-        feeds = factory.make(name, i)
-        with torch.no_grad():
-            ref = comp.module(*(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in comp.inputs)).numpy()
+    for feeds, ref in zip(feeds_per_sample, refs):
         try:
             out = runner(feeds)[out_name]
         except UnsupportedOpError as e:
@@ -268,4 +276,5 @@ def check_bundles(paths, progress: Progress | None = None, **kwargs) -> list[Par
     bundles = []
     for p in paths:
         bundles += find_bundles(Path(p))
-    return [check_bundle(b, progress=progress, **kwargs) for b in bundles]
+    references = ReferenceCache()  # bundles of one checkpoint share every reference result
+    return [check_bundle(b, progress=progress, references=references, **kwargs) for b in bundles]

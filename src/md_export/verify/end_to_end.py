@@ -3,6 +3,8 @@ diffusers pipeline on the reference components, same prompt, seed, scheduler and
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 
@@ -75,11 +77,13 @@ def reference_image(plan, ckpt, manifest: dict, bundle, prompt: str, steps: int,
     return run_reference(reference_pipeline(plan, ckpt, pipe_cfg, bundle), pipe_cfg, prompt, steps, seed, guidance_scale)
 
 
-def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict, steps, seed, report) -> Check:
+def check_end_to_end(bundle, manifest, target, reference, factory, floors: dict, steps, seed, report) -> Check:
+    """`reference`: a verify.reference.Reference (its checkpoint picks the prompt; its image is
+    computed after the bundle's models are released)."""
     precision = "fp16" if any(m.get("precision") == "fp16" for m in manifest["models"].values()) else "fp32"
     floor = end_to_end_floor(manifest["models"], precision, floors["overrides"], floors["recipe"], floors["recorded"])
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
-    prompt = e2e_prompt(ckpt)
+    prompt = e2e_prompt(reference.ckpt)
     try:
         models, pipe_cfg = open_bundle(bundle, manifest)  # an Apple-layout bundle through the package's conventions
         guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
@@ -88,7 +92,9 @@ def check_end_to_end(bundle, manifest, target, plan, ckpt, factory, floors: dict
     except Exception as e:  # the component checks already say which model is at fault
         return Check(status=NOT_RUN if "Unsupported" in type(e).__name__ else FAIL,
                      reason=f"artifact loop failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", **base)
-    ref = reference_image(plan, ckpt, dict(manifest, pipeline=pipe_cfg), bundle, prompt, steps, seed, guidance)
+    del models  # the artifact's models go before the reference pipeline loads
+    gc.collect()
+    ref = reference.image(dict(manifest, pipeline=pipe_cfg), bundle, prompt, steps, seed, guidance)
     art = np.clip(np.asarray(image, dtype=np.float32), -1.0, 1.0)
     metrics = compare(ref, art)
     png = bundle / "parity_end_to_end.png"
