@@ -79,3 +79,47 @@ def test_results_are_keyed_by_the_input_bytes(default_export):
     b = ref.output("text_encoder", {"input_ids": ids2})
     assert ref.cache.hits == 0 and not np.array_equal(a, b)
     assert ref.output("text_encoder", {"input_ids": ids.copy()}) is a and ref.cache.hits == 1
+
+
+def test_the_end_to_end_loop_holds_one_bundle_model_at_a_time(default_export, monkeypatch):
+    """open_bundle(one_at_a_time=True): each model opened on first call, the one before it closed,
+    and the same image as with every model open."""
+    import weakref
+
+    import md_export.runtime.bundle as bundle_mod
+    from md_export.core.manifest import read_manifest
+    from md_export.pipeline.loop import generate
+    from md_export.pipeline.tokenizer import ClipTokenizer
+    from md_export.runtime.bundle import open_bundle
+    from md_export.verify.check import tokenizer_folder
+
+    bundle = default_export["tflite"].bundle
+    manifest = read_manifest(bundle)
+    alive, opened = [], []
+    real = bundle_mod.open_model
+
+    class Held:  # a runner whose lifetime the test can see
+        def __init__(self, run):
+            self.run = run
+
+        def __call__(self, feeds):
+            assert sum(r() is not None for r in alive) == 1, "another model is still open"
+            return self.run(feeds)
+
+    def open_model(target, b, entry, engine=None):
+        runner = Held(real(target, b, entry, engine))
+        alive.append(weakref.ref(runner))
+        opened.append(entry["file"])
+        return runner
+
+    monkeypatch.setattr(bundle_mod, "open_model", open_model)
+    tok = ClipTokenizer.from_folder(tokenizer_folder(bundle, manifest))
+    sched = json.loads((bundle / "scheduler.json").read_text())
+    models, pipe = open_bundle(bundle, manifest, one_at_a_time=True)
+    assert not opened  # nothing opened before the loop asks
+    one = generate(models, pipe, tok, sched, "a red circle", steps=2, guidance_scale=7.5, seed=3)
+    assert opened == ["text_encoder.tflite", "unet.tflite", "vae_decoder.tflite"]
+    alive.clear()
+    monkeypatch.setattr(bundle_mod, "open_model", real)
+    every, pipe = open_bundle(bundle, manifest)
+    assert np.array_equal(one, generate(every, pipe, tok, sched, "a red circle", steps=2, guidance_scale=7.5, seed=3))

@@ -58,10 +58,9 @@ def contract_pipeline(pipeline: dict) -> dict:
     return out
 
 
-def open_models(bundle: Path, manifest: dict, engine: str | None = None) -> tuple[dict[str, Runner], dict]:
-    """({model name: contract runner}, pipeline as the contract loop reads it)."""
+def model_openers(bundle: Path, manifest: dict, engine: str | None = None) -> dict:
+    """{model name: a function that opens it as a contract runner}."""
     pipeline = manifest["pipeline"]
-    models = {name: adapt(name, open_model(manifest["target"], bundle, entry, engine), entry, pipeline)
-              for name, entry in manifest["models"].items()}
-    return models, contract_pipeline(pipeline)
+    return {name: (lambda n=name, e=entry: adapt(n, open_model(manifest["target"], bundle, e, engine), e, pipeline))
+            for name, entry in manifest["models"].items()}
 

@@ -85,7 +85,8 @@ def check_end_to_end(bundle, manifest, target, reference, factory, floors: dict,
     base = dict(model="end_to_end", output="image", runtime="pipeline", precision=precision, threshold_psnr=floor)
     prompt = e2e_prompt(reference.ckpt)
     try:
-        models, pipe_cfg = open_bundle(bundle, manifest)  # an Apple-layout bundle through the package's conventions
+        # an Apple-layout bundle through the package's conventions; one model open at a time
+        models, pipe_cfg = open_bundle(bundle, manifest, one_at_a_time=True)
         guidance = pipe_cfg["default_guidance_scale"] if pipe_cfg["guidance"] != "none" else 0.0
         image = generate(models, pipe_cfg, factory.tokenizer(), _scheduler_config(bundle), prompt,
                          steps=steps, guidance_scale=guidance, seed=seed)
