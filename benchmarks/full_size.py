@@ -130,7 +130,8 @@ def verdict(r: dict) -> str:
     gb = max(r["peak_rss_bytes"] or 0, r.get("tree_pss_peak_bytes") or 0) / 1e9  # a forked child's peak is not the tree's
     if "rss_gb" in t and r["stage"] in ("export", "check", "export-coreml", "export-tflite"):
         want = t["rss_gb"]
-        notes.append(f"peak {'met' if gb <= want else f'missed by {gb - want:.1f} GB'} (<= {want:g} GB)")
+        miss = f"missed by {gb - want:.2f} GB" if gb - want < 0.1 else f"missed by {gb - want:.1f} GB"
+        notes.append(f"peak {'met' if gb <= want else miss} (<= {want:g} GB)")
     limit = t.get("export_s") if r["stage"] == "export" else t.get("check_s") if r["stage"] == "check" else None
     if limit:
         wall = r["wall_s"]
