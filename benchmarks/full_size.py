@@ -150,30 +150,34 @@ def table(rows: list[dict]) -> str:
 
 
 def chart(rows: list[dict], path: Path) -> None:
+    """Horizontal bars, one row per command (variant labels are long): wall time and peak memory."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["stage"] != "init"]
-    labels = [f"{r['family']}\n{r.get('variant') or r['stage']}" for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    a.bar(labels, [r["wall_s"] / 60 for r in rows], color="tab:blue")
-    a.set_ylabel("wall time, min")
-    x = range(len(rows))
-    b.bar([i - 0.2 for i in x], [(r["peak_rss_bytes"] or 0) / 1e9 for r in rows], width=0.4, color="tab:orange",
-          label="largest process (time -v)")
-    b.bar([i + 0.2 for i in x], [(r.get("tree_pss_peak_bytes") or 0) / 1e9 for r in rows], width=0.4, color="tab:red",
-          label="process tree PSS (0 = not sampled)")
-    b.set_xticks(list(x), labels)
-    b.set_ylabel("peak memory, GB")
+    rows = [r for r in rows if r["stage"] != "init"][::-1]  # first run at the top
+    labels = [f"{r['family']}: {r.get('variant') or r['stage']}" for r in rows]
+    y = list(range(len(rows)))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 1.8), sharey=True)
+    a.barh(y, [r["wall_s"] / 60 for r in rows], color="tab:blue")
+    a.set_yticks(y, labels, fontsize=8)
+    a.set_xlabel("wall time, min")
+    b.barh([i + 0.2 for i in y], [(r["peak_rss_bytes"] or 0) / 1e9 for r in rows], height=0.4, color="tab:orange",
+           label="largest process (time -v)")
+    b.barh([i - 0.2 for i in y], [(r.get("tree_pss_peak_bytes") or 0) / 1e9 for r in rows], height=0.4, color="tab:red",
+           label="process tree PSS (0 = not sampled)")
+    b.set_xlabel("peak memory, GB")
     for fam, t in TARGETS.items():
         if "rss_gb" in t:
-            b.axhline(t["rss_gb"], linestyle="--", color="grey" if fam == "sd15" else "red", label=f"{fam} target {t['rss_gb']:g} GB")
-    b.legend(fontsize=8)
+            b.axvline(t["rss_gb"], linestyle="--", color="grey" if fam == "sd15" else "red", label=f"{fam} target {t['rss_gb']:g} GB")
+    if "check_s" in TARGETS["sd15"]:
+        a.axvline(TARGETS["sd15"]["check_s"] / 60, linestyle=":", color="grey", label="sd15 check target 10 min")
+        a.axvline(TARGETS["sd15"]["export_s"] / 60, linestyle="--", color="grey", label="sd15 export target 6 min")
+        a.legend(fontsize=7, loc="lower right")
+    b.legend(fontsize=7, loc="lower right")
     for ax in (a, b):
-        ax.tick_params(axis="x", labelsize=7, rotation=30)
-        ax.grid(axis="y", alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
     a.set_title("Full size: wall time per command")
     b.set_title("Full size: peak memory per command")
     fig.tight_layout()
