@@ -39,7 +39,6 @@ from md_export.rewrites.registry import lowering_extra, lowering_scope, resolve,
 
 
 NPU_PACK = "ai_pack"  # the AI Pack folder inside a TFLite bundle
-LARGE_PIPELINE_BYTES = 200_000_000  # weights from which converters are asked to save memory (LowerOptions.large)
 
 
 @dataclass
@@ -78,7 +77,7 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
             prerecord(plan, ckpt)
             _release(plan, names)
     weights = ckpt.weights_bytes()
-    large = weights >= LARGE_PIPELINE_BYTES
+    large = ckpt.is_large()
     in_child = wants_child(large)  # every conversion of this run in a child, or none (core.isolate)
     if in_child:
         progress.info(f"conversions run in child processes ({weights / 1e9:.1f} GB of weights; {ISOLATE_ENV}=never to keep them here)")

@@ -28,16 +28,19 @@ def _watch_loads(monkeypatch):
 
 
 def test_one_component_at_a_time_and_two_bundles_share_every_result(bundle_copy, default_export, tmp_path, monkeypatch):
+    from md_export.checkpoint.folder import Checkpoint
+
+    monkeypatch.setattr(Checkpoint, "is_large", lambda self: True)  # as a full-size pipeline is checked
     loads = _watch_loads(monkeypatch)
     cache = ReferenceCache()
-    first = check_bundle(bundle_copy("coreml"), samples=2, references=cache)
+    first = check_bundle(bundle_copy("coreml"), samples=2, e2e_steps=2, references=cache)
     first_loads, hits_after_first = len(loads), cache.hits
     assert first_loads >= 3  # text encoder, UNet, VAE decoder, then the pipeline's two
     for held, asked in loads:
         # a load never happens next to another component, except the pipeline's text encoder + UNet
         assert set(held) | set(asked) <= {"text_encoder", "unet"} or set(held) | set(asked) <= {"vae_decoder", "vae_encoder"}, (held, asked)
 
-    second = check_bundle(bundle_copy("tflite"), samples=2, references=cache)
+    second = check_bundle(bundle_copy("tflite"), samples=2, e2e_steps=2, references=cache)
     assert len(loads) == first_loads, "the second bundle of the same checkpoint loaded the reference again"
     shared = cache.hits - hits_after_first
     assert shared >= 3 * 2 + 1  # every model sample and the end-to-end image
@@ -45,7 +48,7 @@ def test_one_component_at_a_time_and_two_bundles_share_every_result(bundle_copy,
 
     # the shared results are the ones a check on its own computes
     shutil.copytree(default_export["tflite"].bundle, tmp_path / "alone")
-    alone = check_bundle(tmp_path / "alone", samples=2)
+    alone = check_bundle(tmp_path / "alone", samples=2, e2e_steps=2)
     by_model = {(c.model): c.metrics.get("psnr") for c in alone.checks}
     for c in second.checks:
         assert c.metrics.get("psnr") == by_model[c.model], c.model
@@ -53,14 +56,14 @@ def test_one_component_at_a_time_and_two_bundles_share_every_result(bundle_copy,
 
 def test_a_bundle_with_other_scheduler_files_gets_its_own_reference_image(bundle_copy, monkeypatch):
     cache = ReferenceCache()
-    check_bundle(bundle_copy("onnx"), samples=1, references=cache)
+    check_bundle(bundle_copy("onnx"), samples=1, e2e_steps=1, references=cache)
     other = bundle_copy("tflite")
     sched = other / "scheduler.json"
     cfg = json.loads(sched.read_text())
     cfg["steps_offset"] = 1 - int(cfg.get("steps_offset", 0))
     sched.write_text(json.dumps(cfg))
     loads = _watch_loads(monkeypatch)
-    check_bundle(other, samples=1, references=cache)
+    check_bundle(other, samples=1, e2e_steps=1, references=cache)
     # the model results are shared; the image is not, because the scheduler it is made with differs
     assert [asked for _, asked in loads] == [["text_encoder", "unet"]]
 
@@ -117,9 +120,16 @@ def test_the_end_to_end_loop_holds_one_bundle_model_at_a_time(default_export, mo
     sched = json.loads((bundle / "scheduler.json").read_text())
     models, pipe = open_bundle(bundle, manifest, one_at_a_time=True)
     assert not opened  # nothing opened before the loop asks
-    one = generate(models, pipe, tok, sched, "a red circle", steps=2, guidance_scale=7.5, seed=3)
+    one = generate(models, pipe, tok, sched, "a red circle", steps=1, guidance_scale=7.5, seed=3)
     assert opened == ["text_encoder.tflite", "unet.tflite", "vae_decoder.tflite"]
     alive.clear()
     monkeypatch.setattr(bundle_mod, "open_model", real)
     every, pipe = open_bundle(bundle, manifest)
-    assert np.array_equal(one, generate(every, pipe, tok, sched, "a red circle", steps=2, guidance_scale=7.5, seed=3))
+    assert np.array_equal(one, generate(every, pipe, tok, sched, "a red circle", steps=1, guidance_scale=7.5, seed=3))
+
+
+def test_a_small_pipeline_keeps_its_reference_loaded_through_a_check(bundle_copy, monkeypatch):
+    loads = _watch_loads(monkeypatch)
+    check_bundle(bundle_copy("onnx"), samples=1, e2e_steps=1)
+    # text encoder, UNet, VAE decoder once each: nothing dropped and loaded again
+    assert sorted(n for _, asked in loads for n in asked) == ["text_encoder", "unet", "vae_decoder"], loads

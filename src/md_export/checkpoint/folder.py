@@ -17,6 +17,9 @@ from md_export.core.io import file_sha256, read_json
 from md_export.shapes import VOCABULARY_FIELD
 
 
+LARGE_PIPELINE_BYTES = 200_000_000  # weights from which md-export saves memory at some cost in time (Checkpoint.is_large)
+
+
 @dataclass
 class Checkpoint:
     """Where each component lives. Loading is lazy: `inspect` reads configs only."""
@@ -144,6 +147,11 @@ class Checkpoint:
     def weights_bytes(self) -> int:
         """Bytes of the UNet, text encoder and VAE weight files (the size an export has to hold)."""
         return sum(weights_file(d, self.allow_pickle).stat().st_size for d in (self.unet_dir, self.text_encoder_dir, self.vae_dir))
+
+    def is_large(self) -> bool:
+        """Whether to trade time for memory: export streams converters' constants, a check holds
+        one reference component at a time (the tiny test models keep theirs loaded)."""
+        return self.weights_bytes() >= LARGE_PIPELINE_BYTES
 
     def component_dirs(self) -> dict[str, Path]:
         dirs = {"unet": self.unet_dir, "text_encoder": self.text_encoder_dir, "vae": self.vae_dir, "tokenizer": self.tokenizer_dir}

@@ -18,7 +18,9 @@ from md_export.milrun import MilEvaluator
 
 def activation_stats(path, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     """{MIL variable name: {"rmin", "rmax"}} over every non-constant value and every input."""
-    ev = MilEvaluator(path)
+    # the numpy kernels: these ranges are written into the bundle, so they must not move with the
+    # machine's thread count or torch's kernel choice (bundle bytes reproducible)
+    ev = MilEvaluator(path, kernels="numpy")
     stats: dict[str, dict[str, float]] = {}
     consts = set(getattr(ev, "_consts", {}))
     for f in feeds:

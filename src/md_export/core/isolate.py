@@ -51,7 +51,8 @@ def isolation_mode() -> str:
 
 def wants_child(large: bool) -> bool:
     """Whether the conversions of a run run in children under the current setting; `auto` sends
-    those of a large pipeline (the caller's judgement, export.LARGE_PIPELINE_BYTES). Decide once per run, before any conversion: all of them go, or none. A
+    those of a large pipeline (the caller's judgement: Checkpoint.is_large). Decide once per run,
+    before any conversion: all of them go, or none. A
     fork is only safe while this process has started no converter thread pool (the MLIR context
     litert-torch lowers through keeps one; its threads do not exist in a forked child, which then
     waits on them for ever)."""

@@ -191,7 +191,7 @@ def check_bundle(
     if end_to_end:
         with progress.stage("pipeline", f"end to end ({e2e_steps} steps)", target):
             report.checks.append(check_end_to_end(bundle, manifest, target, reference, factory, floors, e2e_steps, seed, report))
-    reference.release()
+    reference.release(always=True)
     save_report(bundle, manifest, report)
     return report
 

@@ -3,7 +3,8 @@ computed once per `md-export check` run.
 
 At full size the reference is the largest thing a check holds (SD 1.5: 4.1 GB of fp32 weights)
 and its UNet calls are as slow as the artifact's. So a component's module is loaded when a
-result of it is first needed, every other component is dropped first, and each result is kept
+result of it is first needed, every other component is dropped first (for a pipeline of
+`Checkpoint.is_large()`; small ones keep what they loaded), and each result is kept
 by what determines it: the checkpoint, the plan's options, the component and the exact input
 bytes (for the end-to-end image: the prompt, steps, seed, guidance and the bundle's scheduler
 and tokenizer files). Two bundles of one checkpoint (`md-export check out/` over coreml/ and
@@ -75,6 +76,7 @@ class Reference:
         self.plan, self.ckpt = plan, ckpt
         self.cache = cache if cache is not None else ReferenceCache()
         self._scope = _checkpoint_identity(ckpt, options)
+        self._one_at_a_time = ckpt.is_large()  # small pipelines keep their modules (loading costs more than holding)
 
     def output(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Component `name`'s fp32 output for `feeds` (its inputs by name)."""
@@ -108,8 +110,11 @@ class Reference:
         finally:
             self.release()
 
-    def release(self, keep: tuple[str, ...] = ()) -> None:
-        """Drop every loaded reference module but those in `keep`."""
+    def release(self, keep: tuple[str, ...] = (), always: bool = False) -> None:
+        """Drop every loaded reference module but those in `keep` (for a small pipeline only when
+        `always`: the end of a bundle's check)."""
+        if not (self._one_at_a_time or always):
+            return
         dropped = False
         for name, comp in self.plan.components.items():
             if comp.module is not None and name not in keep:
