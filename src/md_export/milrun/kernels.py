@@ -96,10 +96,11 @@ def _widen(v):
     return v
 
 
-def kernel(*names):
+def kernel(*names, table: dict | None = None):
+    """Register the decorated function as the kernel of op types `names` (in KERNELS unless `table`)."""
     def deco(fn):
         for n in names:
-            KERNELS[n] = fn
+            (KERNELS if table is None else table)[n] = fn
         return fn
 
     return deco

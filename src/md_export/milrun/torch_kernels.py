@@ -30,12 +30,7 @@ _TORCH_DTYPE = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch
 
 
 def _fast(*names):
-    def deco(fn):
-        for n in names:
-            FAST[n] = fn
-        return fn
-
-    return deco
+    return npk.kernel(*names, table=FAST)
 
 
 def _view(x) -> torch.Tensor:
@@ -192,7 +187,7 @@ def _binary(name, fn):
     """Elementwise with numpy's broadcasting; only when both sides are float arrays (numpy and
     torch promote mixed types differently) and the result is large."""
     def run(a):
-        if not _floats(a, "x", "y") or not isinstance(a.raw("y"), np.ndarray) or _size(a, "x", "y") < _SMALL:
+        if not _floats(a, "x", "y") or _size(a, "x", "y") < _SMALL:  # (_floats: both arrays, not scalars)
             return npk.KERNELS[name](a)
         return _result(a, fn(_arg(a, "x"), _arg(a, "y")))
 
