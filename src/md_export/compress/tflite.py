@@ -19,6 +19,7 @@ import numpy as np
 from md_export.compress.calibration import calibration_feeds
 from md_export.core.errors import ConversionError
 from md_export.core.progress import third_party_output_muted
+from md_export.lower.tflite_file import op_name, tensor_name
 
 AEQ_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -55,20 +56,6 @@ def _fbu():
     return flatbuffer_utils
 
 
-def _opname(model, op) -> str:
-    from ai_edge_litert import schema_py_generated as schema
-
-    code = model.operatorCodes[op.opcodeIndex]
-    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(builtin, str(builtin))
-
-
-def _tname(t) -> str:
-    n = t.name
-    return n.decode() if isinstance(n, (bytes, bytearray)) else str(n or "")
-
-
 def read(path: Path):
     return read_bytes(Path(path).read_bytes())
 
@@ -89,7 +76,7 @@ def weight_ops(model) -> list[WeightOp]:
     out = []
     for si, sg in enumerate(model.subgraphs):
         for oi, op in enumerate(sg.operators):
-            name = _opname(model, op)
+            name = op_name(model, op)
             if name not in WEIGHT_OPS:
                 continue
             widx = WEIGHT_OPS[name][0]
@@ -99,9 +86,9 @@ def weight_ops(model) -> list[WeightOp]:
             data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
             if data is None or len(data) == 0 or t.type != 0:  # 0 = FLOAT32
                 continue
-            names = [_tname(sg.tensors[i]) for i in op.outputs if i >= 0]
+            names = [tensor_name(sg.tensors[i]) for i in op.outputs if i >= 0]
             scope = ";".join(n for n in names if n) + (";" if names else "")
-            out.append(WeightOp(si, oi, name, scope, op.inputs[widx], _tname(t), tuple(int(s) for s in t.shape), len(data), t.buffer))
+            out.append(WeightOp(si, oi, name, scope, op.inputs[widx], tensor_name(t), tuple(int(s) for s in t.shape), len(data), t.buffer))
     return out
 
 
@@ -233,12 +220,12 @@ def quantize_weights_int8(model, tensor_names: list[str]) -> list[str]:
     for si, sg in enumerate(model.subgraphs):
         axes = {}
         for op in sg.operators:
-            name = _opname(model, op)
+            name = op_name(model, op)
             if name in WEIGHT_OPS and len(op.inputs) > WEIGHT_OPS[name][0]:
                 axes[op.inputs[WEIGHT_OPS[name][0]]] = WEIGHT_OPS[name][1]
         new_ops = []
         for ti, t in enumerate(sg.tensors):
-            if _tname(t) not in wanted or t.type != 0 or ti not in axes:
+            if tensor_name(t) not in wanted or t.type != 0 or ti not in axes:
                 continue
             raw = model.buffers[t.buffer].data
             w = np.frombuffer(np.asarray(raw, dtype=np.uint8).tobytes() if not isinstance(raw, np.ndarray) else raw.tobytes(),
@@ -252,7 +239,7 @@ def quantize_weights_int8(model, tensor_names: list[str]) -> list[str]:
             qt.shape = np.asarray(t.shape, dtype=np.int32)
             qt.type = schema.TensorType.INT8
             qt.buffer = len(model.buffers) - 1
-            qt.name = (_tname(t) + "_int8").encode()
+            qt.name = (tensor_name(t) + "_int8").encode()
             qp = schema.QuantizationParametersT()
             qp.scale = scale.astype(np.float32)
             qp.zeroPoint = np.zeros(scale.shape, dtype=np.int64)
@@ -273,7 +260,7 @@ def quantize_weights_int8(model, tensor_names: list[str]) -> list[str]:
             op.inputs = np.asarray([len(sg.tensors) - 1], dtype=np.int32)
             op.outputs = np.asarray([ti], dtype=np.int32)
             new_ops.append(op)
-            done.append(_tname(t))
+            done.append(tensor_name(t))
         sg.operators = new_ops + list(sg.operators)
     missing = wanted - set(done)
     if missing:
@@ -298,7 +285,7 @@ def inventory(path: Path) -> list[tuple[str, int, float, int]]:
             side = 0
             if q is not None and q.scale is not None:
                 side = len(q.scale) * 4 + (len(q.zeroPoint) * 8 if q.zeroPoint is not None else 0)
-            out.append((_tname(t), n, float(bits.get(t.type, 32)), side))
+            out.append((tensor_name(t), n, float(bits.get(t.type, 32)), side))
     return out
 
 

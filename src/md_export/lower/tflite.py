@@ -12,6 +12,7 @@ import torch
 from md_export.components.plan import ComponentPlan
 from md_export.core.errors import ConversionError, first_line
 from md_export.lower.base import LoweredModel, LowerOptions
+from md_export.lower.tflite_fold import fold_constants
 from md_export.core.deps import package_version, require
 
 
@@ -70,14 +71,25 @@ class TFLiteLowerer:
             raise ConversionError(f"tflite: the converter writes fp32; precision {options.precision} is applied after lowering")
         try:
             with _litert_console_quiet():
-                # lightweight: constants stay lazy resources instead of being copied into the MLIR
-                # module, then the LiteRT runtime folds what the converter no longer can
-                edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert(
-                    lightweight_conversion=options.large)
+                # lightweight: constants of 1 MB and more stay lazy resources instead of being
+                # copied into the MLIR module. The ops that read only them are then folded here, one
+                # at a time: litert-torch's runtime folding does all at once and held 10.6 GB for
+                # an SD 1.5 UNet (lower.tflite_fold)
+                convert = {"lightweight_conversion": True, "runtime_constant_folding": False} if options.large else {}
+                edge = litert_torch.signature(component.name, module, sample_kwargs=kwargs).convert(**convert)
                 edge.export(str(path))
+                del edge
+                notes = []
+                if options.large:
+                    report = fold_constants(path)
+                    if report.count:
+                        notes.append(f"{report.count} constant-only ops folded by md-export after lightweight conversion "
+                                     f"({', '.join(f'{n} {k}' for n, k in sorted(report.folded.items()))})")
+                    if report.left:
+                        notes.append(f"constant-only ops left to run at each call: {', '.join(f'{n} {k}' for n, k in sorted(report.left.items()))}")
         except Exception as e:
             raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
-        return LoweredModel(component.name, path, "fp32", signature=component.name)
+        return LoweredModel(component.name, path, "fp32", signature=component.name, notes=notes)
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")}
