@@ -11,6 +11,7 @@ import sys
 import weakref
 
 import pytest
+import torch
 
 from md_export import export as E
 from md_export.checkpoint.folder import Checkpoint
@@ -44,6 +45,42 @@ def test_a_reference_module_is_released_before_the_next_is_loaded(tmp_path, monk
     assert seen_alive["unet"] == [] and seen_alive["vae_decoder"] == []  # the text encoder, then the UNet, were freed
     # onnx (no rewrites) and tflite (gpu-composites) differ: two captures per component, never more
     assert sorted(n for n, _ in captures) == sorted(["text_encoder", "unet", "vae_decoder"] * 2)
+
+
+def test_a_large_pipeline_loads_the_reference_again_instead_of_copying_it(tmp_path, monkeypatch):
+    """Two rewrite sets (Core ML's, TFLite's) on a large pipeline: the second rewrites a fresh load,
+    and the first set's module is gone before that load (no deep copy of a full-size module)."""
+    monkeypatch.setattr(Checkpoint, "is_large", lambda self: True)
+    monkeypatch.setenv(isolate.ENV, "never")
+    real_attach = E.attach_modules
+    loads: list[tuple[str, list[bool]]] = []
+    lowered: list[tuple[str, int]] = []
+    earlier: list[weakref.ref] = []
+
+    def attach(plan, ckpt, only=None):
+        gc.collect()
+        loads.append((only[0], [r() is not None for r in earlier]))
+        real_attach(plan, ckpt, only)
+        earlier.append(weakref.ref(plan.components[only[0]].module))
+
+    real_deepcopy = E.copy.deepcopy
+
+    def no_module_deepcopy(obj, *a, **k):
+        assert not isinstance(obj, torch.nn.Module), "a large pipeline's module was deep-copied"
+        return real_deepcopy(obj, *a, **k)
+
+    def record_then_fail(target, lowerer, comp, *args, **kwargs):
+        lowered.append((target, id(comp.module)))
+        raise ConversionError(f"{target}: stop after recording")  # every target fails here: one component is enough
+
+    monkeypatch.setattr(E, "attach_modules", attach)
+    monkeypatch.setattr(E.copy, "deepcopy", no_module_deepcopy)
+    monkeypatch.setattr(E, "_export_component", record_then_fail)
+    with pytest.raises(ConversionError, match="stop after recording"):
+        E.export(Checkpoint.open(None), ExportOptions(out=tmp_path, targets=("coreml", "tflite"), command="pytest"))
+    assert [name for name, _ in loads][:3] == ["text_encoder", "text_encoder", "unet"]
+    assert loads[1][1] == [False]  # the Core ML set's module was freed before the load for TFLite's
+    assert sorted(t for t, _ in lowered) == ["coreml", "tflite"] and lowered[0][1] != lowered[1][1]
 
 
 def test_a_failing_target_leaves_the_others_written(tmp_path, monkeypatch):

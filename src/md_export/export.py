@@ -9,6 +9,7 @@ import copy
 import gc
 import os
 import sys
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -89,9 +90,16 @@ def export(ckpt: Checkpoint, options: ExportOptions, progress: Progress | None =
                 attach_modules(plan, ckpt, only=(name,))
             groups = _rewrite_groups(rewrites, staging.alive())
             for k, (key, targets) in enumerate(groups):
+                tcomp = comp = ep = None  # the previous set's module and capture go before the next load
+                if large and k and groups[k - 1][0]:
+                    # the previous set rewrote the reference in place: a fresh load costs seconds
+                    # (weights are memory-mapped), a deep copy of a full-size module its size in RAM
+                    _release(plan, (name,))
+                    with progress.stage(name, "load again", targets[0]):
+                        attach_modules(plan, ckpt, only=(name,))
                 tcomp = layout.plan(plan, precisions[targets[0]], pipeline).components[name]
                 try:
-                    comp, changed = _rewritten(tcomp, key, targets[0], last_use=k == len(groups) - 1, progress=progress)
+                    comp, changed = _rewritten(tcomp, key, targets[0], last_use=large or k == len(groups) - 1, progress=progress)
                     with progress.stage(name, "capture", targets[0] if key else ""):
                         ep = capture(comp)
                 except Exception as e:  # noqa: BLE001 - every target of this rewrite set fails, the others go on
@@ -193,6 +201,14 @@ class _Staging:
     def fail(self, target: str, error: BaseException) -> None:
         if target in self.open:
             self._close(target, error)
+            # kept until the end of the run: its frames' locals (a component's module and capture)
+            # must not be, or a failed target holds a full-size UNet for the rest of the export
+            chain: BaseException | None = error
+            cleared: set[int] = set()
+            while chain is not None and id(chain) not in cleared:
+                cleared.add(id(chain))
+                traceback.clear_frames(chain.__traceback__)
+                chain = chain.__cause__ or chain.__context__
             self.failures.append((target, error))
 
     def commit(self, target: str) -> None:
@@ -228,7 +244,8 @@ def _rewrite_groups(rewrites: dict, targets: list[str]) -> list[tuple[tuple[str,
 
 def _rewritten(tcomp: ComponentPlan, key: tuple[str, ...], target: str, last_use: bool, progress: Progress):
     """The component with `key`'s rewrites applied: the reference itself when there are none;
-    rewritten in place when no later rewrite set needs the reference; else a copy."""
+    rewritten in place when no later rewrite set needs the reference (or, for a large pipeline, when
+    the next set loads it again); else a copy."""
     if not key:
         return tcomp, {}
     module = tcomp.module if last_use else copy.deepcopy(tcomp.module)

@@ -45,13 +45,14 @@ class ChannelLayerNorm(nn.Module):
 
 
 def linear_as_conv(lin: nn.Linear) -> nn.Conv2d:
-    """A 1x1 Conv2d computing ``lin`` on (B, C, 1, S); the weight (O, I) is reshaped to (O, I, 1, 1)."""
-    conv = nn.Conv2d(lin.in_features, lin.out_features, 1, bias=lin.bias is not None)
-    with torch.no_grad():
-        conv.weight.copy_(lin.weight.detach().reshape(lin.out_features, lin.in_features, 1, 1))
-        if lin.bias is not None:
-            conv.bias.copy_(lin.bias.detach())
-    return conv.to(lin.weight.dtype)
+    """A 1x1 Conv2d computing ``lin`` on (B, C, 1, S). Its weight is a (O, I, 1, 1) view of the
+    Linear's, not a copy: a full-size UNet's memory-mapped weights stay where they are (the conv is
+    built on the meta device, so no random init runs either)."""
+    conv = nn.Conv2d(lin.in_features, lin.out_features, 1, bias=lin.bias is not None, device="meta", dtype=lin.weight.dtype)
+    conv.weight = nn.Parameter(lin.weight.detach().reshape(lin.out_features, lin.in_features, 1, 1), requires_grad=lin.weight.requires_grad)
+    if lin.bias is not None:
+        conv.bias = nn.Parameter(lin.bias.detach(), requires_grad=lin.bias.requires_grad)
+    return conv
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
