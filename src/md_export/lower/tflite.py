@@ -52,6 +52,36 @@ def _litert_console_quiet():
             console.quiet = before
 
 
+@contextlib.contextmanager
+def _constants_read_only():
+    """litert-torch clamps every float constant to the finite range in place while lowering it
+    (backend.inline_consts._clamp_inf_values), which writes every page of every weight: in a forked
+    child, or on memory-mapped safetensors, that turns the whole checkpoint into private copies
+    (3.4 GB for an SD 1.5 UNet). Clamp only a tensor that holds an infinity, into a new tensor:
+    the same values reach the converter and the weights are only read."""
+    try:
+        from litert_torch.backend import inline_consts
+    except ImportError:
+        yield
+        return
+    original = getattr(inline_consts, "_clamp_inf_values", None)
+    if original is None:  # a litert-torch without it: nothing to replace
+        yield
+        return
+
+    def clamp_copy(tensor: torch.Tensor) -> torch.Tensor:
+        if torch.is_floating_point(tensor) and bool(torch.isinf(tensor).any()):
+            info = torch.finfo(tensor.dtype)
+            return tensor.clamp(min=info.min, max=info.max)
+        return tensor
+
+    inline_consts._clamp_inf_values = clamp_copy
+    try:
+        yield
+    finally:
+        inline_consts._clamp_inf_values = original
+
+
 class TFLiteLowerer:
     name = "tflite"
     extension = ".tflite"
@@ -70,7 +100,7 @@ class TFLiteLowerer:
         if options.precision != "fp32":  # fp16 weights come from compression (export.py), not the converter
             raise ConversionError(f"tflite: the converter writes fp32; precision {options.precision} is applied after lowering")
         try:
-            with _litert_console_quiet():
+            with _litert_console_quiet(), _constants_read_only():
                 # lightweight: constants of 1 MB and more stay lazy resources instead of being
                 # copied into the MLIR module. The ops that read only them are then folded here, one
                 # at a time: litert-torch's runtime folding does all at once and held 10.6 GB for
