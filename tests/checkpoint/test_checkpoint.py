@@ -21,6 +21,26 @@ def test_no_path_is_the_bundled_default():
     assert all(len(v) == 64 for v in ck.weights_sha256().values())
 
 
+def test_weights_are_hashed_once_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from md_export.checkpoint import folder
+
+    shutil.copytree(default_model_dir(), tmp_path / "m")
+    ck = Checkpoint.open(tmp_path / "m")
+    hashed = []
+    real = folder.file_sha256
+    monkeypatch.setattr(folder, "file_sha256", lambda p: hashed.append(p.parent.name) or real(p))
+    first = ck.weights_sha256()
+    assert ck.weights_sha256() == first and sorted(hashed) == ["text_encoder", "unet", "vae"]
+    vae = weights_file(tmp_path / "m" / "vae", False)
+    data = bytearray(vae.read_bytes())
+    data[-1] ^= 1
+    vae.write_bytes(bytes(data))
+    os.utime(vae, ns=(1, 1))  # a new mtime even on a coarse clock
+    assert ck.weights_sha256()["vae"] != first["vae"] and hashed.count("vae") == 2
+
+
 def test_a_missing_component_folder_is_named(tmp_path):
     shutil.copytree(default_model_dir(), tmp_path / "m")
     shutil.rmtree(tmp_path / "m" / "vae")

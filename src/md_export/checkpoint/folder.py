@@ -34,6 +34,7 @@ class Checkpoint:
     allow_pickle: bool = False
     _configs: dict = field(default_factory=dict, repr=False)
     _dtypes: dict = field(default_factory=dict, repr=False)  # weights folder -> {tensor: safetensors dtype}
+    _digests: dict = field(default_factory=dict, repr=False, compare=False)  # weights file -> (size, mtime_ns, sha256)
     family_name: str | None = None  # --family, or recorded by `md-export init`; else detected from configs
     lora: tuple = ()  # ((path, scale), ...) fused into the UNet and text encoder after loading
     original: Path | None = None  # the single file a "single-file" checkpoint was converted from
@@ -139,10 +140,18 @@ class Checkpoint:
         return self._config("scheduler", self.scheduler_dir / "scheduler_config.json")
 
     def weights_sha256(self) -> dict[str, str]:
-        return {
-            name: file_sha256(weights_file(d, self.allow_pickle))
-            for name, d in (("unet", self.unet_dir), ("text_encoder", self.text_encoder_dir), ("vae", self.vae_dir))
-        }
+        """sha256 of each weights file, computed once per file while its size and mtime stay the
+        same (an export writes one manifest per target; at full size one pass reads 4.4 GB)."""
+        out = {}
+        for name, d in (("unet", self.unet_dir), ("text_encoder", self.text_encoder_dir), ("vae", self.vae_dir)):
+            path = weights_file(d, self.allow_pickle)
+            st = path.stat()
+            known = self._digests.get(path)
+            if known is None or known[:2] != (st.st_size, st.st_mtime_ns):
+                known = (st.st_size, st.st_mtime_ns, file_sha256(path))
+                self._digests[path] = known
+            out[name] = known[2]
+        return out
 
     def weights_bytes(self) -> int:
         """Bytes of the UNet, text encoder and VAE weight files (the size an export has to hold)."""
