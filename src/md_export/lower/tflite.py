@@ -62,8 +62,7 @@ def _constants_read_only():
     try:
         from litert_torch.backend import inline_consts
     except ImportError:
-        yield
-        return
+        inline_consts = None
     original = getattr(inline_consts, "_clamp_inf_values", None)
     if original is None:  # a litert-torch without it: nothing to replace
         yield
@@ -80,6 +79,10 @@ def _constants_read_only():
         yield
     finally:
         inline_consts._clamp_inf_values = original
+
+
+def _per_op(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
 
 
 class TFLiteLowerer:
@@ -113,10 +116,9 @@ class TFLiteLowerer:
                 if options.large:
                     report = fold_constants(path)
                     if report.count:
-                        notes.append(f"{report.count} constant-only ops folded by md-export after lightweight conversion "
-                                     f"({', '.join(f'{n} {k}' for n, k in sorted(report.folded.items()))})")
+                        notes.append(f"{report.count} constant-only ops folded by md-export after lightweight conversion ({_per_op(report.folded)})")
                     if report.left:
-                        notes.append(f"constant-only ops left to run at each call: {', '.join(f'{n} {k}' for n, k in sorted(report.left.items()))}")
+                        notes.append(f"constant-only ops left to run at each call: {_per_op(report.left)}")
         except Exception as e:
             raise ConversionError(f"tflite: cannot convert component '{component.name}': {first_line(e)}") from e
         return LoweredModel(component.name, path, "fp32", signature=component.name, notes=notes)

@@ -9,6 +9,7 @@ Buffer's `offset` counted from the start of the file); every LiteRT runtime md-e
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ def op_name(model, op) -> str:
     return _builtin_names().get(builtin, str(builtin))
 
 
+@functools.cache
 def _builtin_names() -> dict[int, str]:
     return {v: k for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
 

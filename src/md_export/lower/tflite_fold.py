@@ -37,25 +37,22 @@ FOLDABLE = frozenset({
 class FoldReport:
     folded: dict[str, int] = field(default_factory=dict)  # op name -> how many were folded
     left: dict[str, int] = field(default_factory=dict)  # constant-only ops md-export does not fold
-    bytes_before: int = 0
-    bytes_after: int = 0
 
     @property
     def count(self) -> int:
         return sum(self.folded.values())
 
 
-def fold_constants(path: Path, progress=None) -> FoldReport:
-    """Fold `path` in place. `progress(done, total)` is called after each folded op."""
+def fold_constants(path: Path) -> FoldReport:
+    """Fold `path` in place (a model with nothing to fold is left untouched)."""
     path = Path(path)
-    report = FoldReport(bytes_before=path.stat().st_size)
+    report = FoldReport()
     table = TableModel(path)
     model = table.model
     spill_path = path.with_name(path.name + ".folded")
     try:
         with open(spill_path, "wb") as spill:
             plan = [(sg, op) for sg in model.subgraphs for op in _constant_ops(table, sg, report)]
-            done = 0
             for sg, op in plan:
                 out = _run_alone(table, sg, op)
                 at = spill.tell()
@@ -64,9 +61,6 @@ def fold_constants(path: Path, progress=None) -> FoldReport:
                 sg.tensors[op.outputs[0]].buffer = table.add_buffer(Span(spill_path, at, out.nbytes))
                 name = op_name(model, op)
                 report.folded[name] = report.folded.get(name, 0) + 1
-                done += 1
-                if progress is not None:
-                    progress(done, len(plan))
             if not plan:
                 return report
             folded = {id(op) for _, op in plan}
@@ -76,7 +70,6 @@ def fold_constants(path: Path, progress=None) -> FoldReport:
         table.write(path)
     finally:
         spill_path.unlink(missing_ok=True)
-    report.bytes_after = path.stat().st_size
     return report
 
 
